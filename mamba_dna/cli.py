@@ -1,0 +1,116 @@
+"""The `mamba-dna` command line: one small function per command, each calling a pipeline.
+
+User mistakes raise `MambaDNAError`; `main()` prints them as one line on stderr and exits
+with its code (2 for bad input/options). Results go to stdout, progress and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from mamba_dna import __version__
+from mamba_dna.errors import MambaDNAError
+
+app = typer.Typer(
+    name="mamba-dna",
+    help=(
+        "Mamba (selective state space) DNA language models at single-nucleotide resolution, "
+        "up to a megabase.\n\n"
+        "Typical flow: tokenize -> pretrain -> score / embed / classify. "
+        "Start with `mamba-dna demo` to see everything run on real genomes."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals would dump tensors into batch-job logs
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mamba-dna {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Mamba DNA language models (see `mamba-dna COMMAND --help`)."""
+
+
+@app.command()
+def info() -> None:
+    """Versions, devices and which selective-scan backend will run, and why.
+
+    Example:  mamba-dna info
+    """
+    import platform
+
+    import torch
+
+    from mamba_dna.kernels import choose_backend, triton_available
+
+    try:
+        import triton
+
+        triton_v = triton.__version__
+    except ImportError:
+        triton_v = "not installed"
+    lines = [
+        ("mamba-dna", __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("triton", triton_v),
+        ("cpu threads", str(torch.get_num_threads())),
+    ]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append((f"cuda:{i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}"))
+        dev = "cuda"
+    else:
+        lines.append(("cuda", "no CUDA device"))
+        dev = "cpu"
+    backend, why = choose_backend(dev)
+    lines.append(("scan backend", f"{backend} ({why})"))
+    lines.append(("triton importable", str(triton_available())))
+    if os.environ.get("MAMBA_DNA_BACKEND"):
+        lines.append(("MAMBA_DNA_BACKEND", os.environ["MAMBA_DNA_BACKEND"]))
+    w = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        typer.echo(f"{k:<{w}}  {v}")
+
+
+# --- commands from the pipelines are registered below (one small function each) ---
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user mistakes become one line and an exit code."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except MambaDNAError as e:
+        print(f"mamba-dna: error: {e.one_line()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("mamba-dna: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        # Usage errors from the (vendored) click layer: print click's message, exit 2.
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(e.exit_code)
+        if type(e).__name__ == "Abort":
+            print("mamba-dna: aborted", file=sys.stderr)
+            sys.exit(1)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
