@@ -92,13 +92,16 @@ def encode_bytes(
     invalid: str = "error",
     where: str = "<sequence>",
     with_softmask: bool = False,
+    offset: int = 0,
 ):
     """Bytes -> token ids (uint8). Vectorised: one table lookup, no per-base Python.
 
     invalid="error" raises InputError naming `where` and the 0-based offset of the first bad
-    byte; invalid="N" maps bad bytes to N. Returns ids, or (ids, softmask, n_invalid) when
-    `with_softmask`.
+    byte (plus `offset`, the position of seq[0] in its record); invalid="N" maps bad bytes to
+    N. Returns ids, or (ids, softmask, n_invalid) when `with_softmask`.
     """
+    if invalid not in ("error", "N"):
+        raise ValueError(f"invalid must be 'error' or 'N', not {invalid!r}")
     raw = np.frombuffer(seq, dtype=np.uint8) if not isinstance(seq, np.ndarray) else seq
     ids = LUT[raw]  # (L,) uint8
     bad = ids == INVALID
@@ -107,6 +110,7 @@ def encode_bytes(
         if invalid == "error":
             off = int(np.argmax(bad))
             ch = bytes([int(raw[off])])
+            off += offset
             raise InputError(
                 f"{where}: invalid character {ch!r} at offset {off} "
                 f"({n_bad} invalid in total); expected A/C/G/T/N, IUPAC codes or lowercase",
