@@ -90,6 +90,43 @@ def info() -> None:
 # --- commands from the pipelines are registered below (one small function each) ---
 
 
+@app.command()
+def tokenize(
+    fasta: list[str] = typer.Argument(..., help="FASTA files: plain, .gz (cached once) or bgzip."),
+    out: str = typer.Option(..., "--out", "-o", help="Shard directory to write."),
+    window: int = typer.Option(16384, "--window", "-w", help="Window length in bases."),
+    stride: int = typer.Option(None, help="Step between windows [default: --window]."),
+    regions: str = typer.Option(None, "--regions", help="BED file: only these regions."),
+    max_n_fraction: float = typer.Option(0.5, help="Drop windows with more N than this."),
+    pad: str = typer.Option("N", help="Last window of a record: 'N' (pad) or 'drop'."),
+    split_by: str = typer.Option("record", help="Hold out whole 'record's or position 'block's."),
+    block_size: int = typer.Option(None, help="--split-by block: block size [8 x --window]."),
+    val_fraction: float = typer.Option(0.1, help="Share of records/blocks for validation."),
+    test_fraction: float = typer.Option(0.1, help="Share of records/blocks for test."),
+    seed: int = typer.Option(0, help="Seed of the split assignment."),
+    both_strands: bool = typer.Option(False, help="Also store each window's reverse complement."),
+    invalid: str = typer.Option("error", help="Other characters: 'error' or map to 'N' (counted)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing shard directory."),
+) -> None:
+    """Tokenize FASTA files into a memory-mapped shard directory for `pretrain`.
+
+    Writes {train,val,test}.tokens.npy (uint8 windows), softmask bits, a coordinate index
+    and manifest.json (sources + sha256, tokenizer, window, split). Prints the directory.
+
+    Example:  mamba-dna tokenize ecoli.fna.gz --out shards/ecoli --window 16384 --split-by block
+    """
+    from mamba_dna.genome import WindowSpec
+    from mamba_dna.shards import write_shards
+
+    spec = WindowSpec(
+        length=window, stride=stride, max_n_fraction=max_n_fraction, pad=pad,
+        split_by=split_by, block_size=block_size, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, strands="both" if both_strands else "+",
+    )
+    write_shards(fasta, out, spec, regions=regions, invalid=invalid, overwrite=overwrite)
+    typer.echo(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user mistakes become one line and an exit code."""
     try:

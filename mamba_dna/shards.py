@@ -34,7 +34,7 @@ import numpy as np
 from mamba_dna import __version__, log
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import atomic_dir, sha256_file, write_json
-from mamba_dna.genome import SPLITS, Genome, GenomeWindows, WindowSpec
+from mamba_dna.genome import SPLITS, Genome, GenomeWindows, WindowSpec, read_bed
 from mamba_dna.tokenizer import TokenizerSpec
 
 __all__ = ["FORMAT", "ResumableSampler", "ShardDataset", "write_shards"]
@@ -114,10 +114,21 @@ def write_shards(
     L = spec.length
     t0 = time.time()
     genomes = [Genome(p, invalid=invalid) for p in fastas]
-    window_sets = [GenomeWindows(g, **_window_kw(spec), regions=regions) for g in genomes]
+    per_file = [regions] * len(genomes)
+    if regions is not None and len(genomes) > 1:  # each file takes the regions it has
+        regs = read_bed(regions) if isinstance(regions, (str, os.PathLike)) else list(regions)
+        per_file = [[r for r in regs if (r if isinstance(r, str) else r[0]) in g] for g in genomes]
+        for r in regs:
+            if not any(r in rs for rs in per_file):
+                raise InputError(f"region {r}: its record is in none of the FASTA files given")
+    # one GenomeWindows per file, aligned with `fastas` (None: no region falls in that file)
+    window_sets = [
+        GenomeWindows(g, **_window_kw(spec), regions=rs) if rs is None or len(rs) else None
+        for g, rs in zip(genomes, per_file, strict=True)
+    ]
     # Upper bounds per split (before the N filter), for the .npy headers.
     bounds = dict.fromkeys(SPLITS, 0)
-    for ws in window_sets:
+    for ws in filter(None, window_sets):
         k = 2 if spec.strands == "both" else 1
         for _seg, split, starts in ws.plan():
             bounds[split] += k * len(starts)
@@ -133,6 +144,9 @@ def write_shards(
         try:
             with log.progress("tokenizing", total=len(genomes), unit="files") as prog:
                 for src, ws in enumerate(window_sets):
+                    if ws is None:
+                        prog.advance(1)
+                        continue
                     for seg, split, starts in ws.plan():
                         if split not in counts:
                             continue
@@ -160,7 +174,7 @@ def write_shards(
             "regions": _regions_json(regions),
             "invalid": invalid,
             "n_invalid_mapped_to_N": sum(g.n_invalid for g in genomes),
-            "n_dropped_for_N": sum(ws.n_dropped_n for ws in window_sets),
+            "n_dropped_for_N": sum(ws.n_dropped_n for ws in window_sets if ws),
             "softmask_bitorder": "little",
             "counts": counts,
             "bases_in_sources": total_bases,
@@ -174,7 +188,7 @@ def write_shards(
     log.info(
         f"wrote {out_dir}: "
         + ", ".join(f"{s} {n:,}" for s, n in counts.items())
-        + f" windows of {L:,} from {total_bases / 1e6:,.1f} Mb in {dt:.1f}s"
+        + f" windows of {L:,} from {total_bases:,} bp in {dt:.1f}s"
     )
     return manifest
 
