@@ -127,6 +127,30 @@ def tokenize(
     typer.echo(out)
 
 
+@app.command()
+def convert(
+    src: str = typer.Argument(..., help="Checkpoint directory (config.json + weights)."),
+    out: str = typer.Argument(..., help="Output model directory (mamba-dna format)."),
+    from_: str = typer.Option("auto", "--from", help="Source layout: mamba_ssm, transformers or auto."),
+    tokenizer: str = typer.Option(
+        "auto", help="dna (ids are mamba-dna's nucleotide ids), external (any other vocab) or auto."
+    ),
+    dtype: str = typer.Option("float32", help="Weights dtype: float32, bfloat16 or float16."),
+) -> None:
+    """Import a state-spaces/mamba (mamba_ssm) or HuggingFace transformers Mamba checkpoint.
+
+    Example:  mamba-dna convert ./mamba-130m-hf ./models/mamba-130m --from transformers
+    """
+    from mamba_dna.convert import convert as _convert
+    from mamba_dna.log import info as _info
+
+    model = _convert(src, out, fmt=from_, tokenizer=tokenizer, dtype=dtype)
+    c = model.config
+    _info(f"converted {src}: {c.n_layer} layers x d_model {c.d_model}, vocab {c.vocab_size}, "
+          f"{model.num_parameters() / 1e6:.1f}M parameters")
+    typer.echo(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user mistakes become one line and an exit code."""
     try:
