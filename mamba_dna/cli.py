@@ -151,6 +151,121 @@ def convert(
     typer.echo(out)
 
 
+embed_app = typer.Typer(
+    help="Embeddings of windows or BED regions into HDF5 (`embed merge` joins shards).",
+    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(embed_app, name="embed")
+
+
+@embed_app.callback(invoke_without_command=True)
+def embed(
+    ctx: typer.Context,
+    fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA (plain, .gz, bgzip)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory."),
+    out: str = typer.Option(None, "--out", "-o", help="Output HDF5 file."),
+    bed: str = typer.Option(None, "--bed", help="BED regions (0-based half-open; strand col 6)."),
+    window: int = typer.Option(0, "--window", "-w", help="Window length in bp [0: whole records]."),
+    stride: int = typer.Option(None, "--stride", help="Step between windows [--window]."),
+    pool: str = typer.Option("mean", "--pool", help="mean | max | last | none."),
+    per_position: bool = typer.Option(False, "--per-position", help="Also write (length, d) per item."),
+    layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [after final norm]."),
+    rc_average: bool = typer.Option(False, "--rc-average", help="Average with the reverse strand."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 (stored values)."),
+    piece: int = typer.Option(1 << 15, "--piece", help="Positions per streamed piece (memory)."),
+    shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's share."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT.partial, skip done items."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
+) -> None:
+    """Embed genome windows or BED regions with a model; writes HDF5 (schema: `mamba_dna.io.hdf5`).
+
+    Example:  mamba-dna embed --fasta ecoli.fna.gz --window 16384 --model models/m --out emb.h5 --pool mean --rc-average
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mamba_dna.errors import ConfigError
+    from mamba_dna.pipelines.embed import EmbedConfig, run_embed
+
+    missing = [n for n, v in (("--fasta", fasta), ("--model", model), ("--out", out)) if not v]
+    if missing:
+        raise ConfigError(f"embed: missing {', '.join(missing)}",
+                          hint="see `mamba-dna embed --help`")
+    cfg = EmbedConfig(fasta=fasta, model=model, out=out, bed=bed, window=window, stride=stride,
+                      pool=pool, per_position=per_position, layer=layer, rc_average=rc_average,
+                      dtype=dtype, piece=piece, shard=shard, resume=resume, device=device)
+    typer.echo(str(run_embed(cfg)))
+
+
+@embed_app.command("merge")
+def embed_merge(
+    shards: list[str] = typer.Argument(..., help="Shard files written with --shard i/n."),
+    out: str = typer.Option(..., "--out", "-o", help="Merged HDF5 file."),
+) -> None:
+    """Join `embed --shard i/n` outputs into one file, identical to a single run.
+
+    Example:  mamba-dna embed merge emb.shard*-of-8.h5 --out emb.h5
+    """
+    from mamba_dna.pipelines.embed import merge
+
+    typer.echo(str(merge(shards, out)))
+
+
+@app.command()
+def pretrain(
+    inputs: list[str] = typer.Argument(None, help="FASTA files or one `tokenize` directory (not needed with --resume)."),
+    out: str = typer.Option(..., "--out", "-o", help="Run directory (an existing run is resumed)."),
+    config: str = typer.Option(None, help="PretrainConfig JSON (e.g. another run's config.json)."),
+    model_config: str = typer.Option(None, help="MambaConfig JSON or a model directory: the architecture."),
+    d_model: int = typer.Option(None, help="Model width [128]."),
+    n_layer: int = typer.Option(None, help="Number of Mamba blocks [2]."),
+    d_state: int = typer.Option(None, help="SSM state size N [16]."),
+    seq_len: int = typer.Option(None, help="Training window length in bp [1024]."),
+    seq_len_start: int = typer.Option(None, help="Sequence-length warmup: first length (doubles per stage)."),
+    seq_warmup_steps: int = typer.Option(None, help="Steps spent below --seq-len (split over the stages)."),
+    steps: int = typer.Option(None, help="Optimizer steps [1000]."),
+    batch_size: int = typer.Option(None, help="Global windows per step, over all processes [16]."),
+    grad_accum: int = typer.Option(None, help="Micro-batches per step on each process [1]."),
+    lr: float = typer.Option(None, help="Peak learning rate [2e-3]."),
+    warmup_steps: int = typer.Option(None, help="Linear LR warmup steps, then cosine [50]."),
+    weight_decay: float = typer.Option(None, help="AdamW weight decay on matrices [0.1]."),
+    split_by: str = typer.Option(None, help="FASTA held-out split: 'block' (regions) or 'record' [block]."),
+    val_fraction: float = typer.Option(None, help="Share of blocks/records for validation [0.1]."),
+    eval_every: int = typer.Option(None, help="Validate every N steps [100]."),
+    eval_windows: int = typer.Option(None, help="Validation windows per evaluation [64]."),
+    checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps [100]."),
+    softmask_weight: float = typer.Option(None, help="Loss weight of soft-masked (lowercase) bases [1]."),
+    rc_augment: bool = typer.Option(None, "--rc/--no-rc", help="Random strand per window [on]."),
+    grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing", help="Recompute blocks in backward."),
+    device: str = typer.Option(None, help="auto, cpu, cuda [auto]."),
+    precision: str = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16."),
+    seed: int = typer.Option(None, help="Seed of data order, strands and init [0]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    stop_at: int = typer.Option(None, help="Checkpoint and exit 0 after this step (time-boxed jobs)."),
+) -> None:
+    """Pretrain a Mamba DNA language model (next-nucleotide prediction) and save it in OUT/model.
+
+    Validation bits per base are reported beside the best k-mer Markov model on the same
+    held-out regions. SIGTERM/SIGINT/SIGUSR1: checkpoint at the next step, exit 0; rerun the
+    same command (or --resume) to continue. Multi-GPU: torchrun --nproc_per_node=N -m mamba_dna pretrain ...
+
+    Example:  mamba-dna pretrain ecoli.fna.gz --out runs/ecoli --d-model 128 --n-layer 4 --seq-len 4096 --steps 2000
+    """
+    from mamba_dna.pipelines.pretrain import config_from_cli, run_cli
+
+    cfg = config_from_cli(
+        inputs or [], out, config, model_config,
+        dict(d_model=d_model, n_layer=n_layer, d_state=d_state),
+        dict(seq_len=seq_len, seq_len_start=seq_len_start, seq_warmup_steps=seq_warmup_steps,
+             steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+             warmup_steps=warmup_steps, weight_decay=weight_decay, split_by=split_by,
+             val_fraction=val_fraction, eval_every=eval_every, eval_windows=eval_windows,
+             checkpoint_every=checkpoint_every, softmask_weight=softmask_weight,
+             rc_augment=rc_augment, grad_checkpointing=grad_checkpointing, device=device,
+             precision=precision, seed=seed),
+    )
+    run_cli(cfg, resume=resume, stop_at=stop_at)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user mistakes become one line and an exit code."""
     try:

@@ -67,8 +67,9 @@ class PretrainConfig:
     seq_len: int = 1024  # target window length (bp)
     stride: int | None = None  # window stride on FASTA input (None = seq_len)
     split_by: str = "block"  # FASTA held-out split: "block" (regions) or "record"
+    block_size: int | None = None  # split_by="block": bases per block (None = 8 * seq_len)
     val_fraction: float = 0.1
-    test_fraction: float = 0.0
+    test_fraction: float = 0.1  # held out for downstream evaluation, never read here
     max_n_fraction: float = 0.1
     rc_augment: bool = True  # random strand per window
     softmask_weight: float = 1.0  # loss weight of lowercase (soft-masked) targets
@@ -240,7 +241,7 @@ def _fasta_windows(cfg: PretrainConfig, split: str) -> WindowData:
         gw = GenomeWindows(
             path, cfg.seq_len, stride=cfg.stride, max_n_fraction=cfg.max_n_fraction,
             split=split, split_by=cfg.split_by, val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction, seed=cfg.seed,
+            test_fraction=cfg.test_fraction, seed=cfg.seed, block_size=cfg.block_size,
         )
         for w in gw:
             if w.strand == "-":  # augmentation is ours; keep the forward strand
@@ -561,24 +562,30 @@ def prepare_run(cfg: PretrainConfig, resume: bool) -> tuple[PretrainConfig, bool
 def pretrain(
     cfg: PretrainConfig,
     resume: bool = False,
+    stop_at: int | None = None,
     stop: mdist.StopFlag | None = None,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Train; returns a summary dict. Stops early (checkpoint, exit 0) on a stop signal."""
+    """Train (or resume) the run `cfg.out`; returns a summary dict.
+
+    Stops early, with a checkpoint, after step `stop_at` or at the first step boundary after
+    SIGTERM/SIGINT/SIGUSR1/SIGUSR2 (summary["stopped_by"] says which). `on_step(step, info)`
+    is called after every optimizer step (tests, notebooks).
+    """
     denv, device = mdist.setup(cfg.device)
     own_stop = stop is None
     stop = stop or mdist.StopFlag()
     try:
         if own_stop:
             stop.install()
-        return _pretrain(cfg, resume, stop, on_step, denv, device)
+        return _pretrain(cfg, resume, stop_at, stop, on_step, denv, device)
     finally:
         if own_stop:
             stop.restore()
         mdist.teardown()
 
 
-def _pretrain(cfg, resume, stop, on_step, denv, device) -> dict:
+def _pretrain(cfg, resume, stop_at, stop, on_step, denv, device) -> dict:
     main = denv.is_main
     # ---------------------------------------------------------------- setup
     prepared: tuple = (None, None, None)
@@ -617,9 +624,14 @@ def _pretrain(cfg, resume, stop, on_step, denv, device) -> dict:
     eval_idx = np.linspace(0, len(val) - 1, n_eval).round().astype(int).tolist() if n_eval else []
     my_eval = eval_idx[denv.rank :: world]
 
+    # One global stream of batches; every rank takes its slice (world-size independent state).
     from mamba_dna.shards import ResumableSampler
 
-    sampler = ResumableSampler(len(train), cfg.batch_size, seed=cfg.seed, rank=0, world_size=1, shuffle=True)
+    sampler = ResumableSampler(len(train), cfg.batch_size, seed=cfg.seed, rank=0, world_size=1,
+                               shuffle=True, drop_last=True)
+    if len(sampler) == 0:
+        raise ConfigError(f"pretrain: global batch of {cfg.batch_size} windows but only {len(train)} "
+                          f"training windows of {cfg.seq_len} bp", hint="lower --batch-size or --seq-len")
 
     model = build_model(cfg).to(device)
     ddp_model = model
@@ -698,6 +710,7 @@ def _pretrain(cfg, resume, stop, on_step, denv, device) -> dict:
             "scheduler": sched.state_dict(),
             "sampler": _safe(sampler.state_dict()),
             "rng": {f"rank{r}": s for r, s in enumerate(rngs)},
+            "log_acc": dict(acc),
             "config": cfg.to_dict(),
         }
 
@@ -743,7 +756,9 @@ def _pretrain(cfg, resume, stop, on_step, denv, device) -> dict:
     model.train()
     ddp_model.train()
     t_log, tok_log = time.time(), 0
-    acc = {"loss": 0.0, "w": 0.0, "n": 0, "gn": 0.0}
+    acc = {"loss": 0.0, "n": 0, "gn": 0.0}  # running sums for the next train log row
+    if resuming and "log_acc" in ck:
+        acc = {k: type(acc[k])(ck["log_acc"][k]) for k in acc}
     stopped_by = None
     last_ck_step = step
     with log.progress("pretrain", total=cfg.steps, unit="step") if main else _null_progress() as bar:
@@ -803,7 +818,7 @@ def _pretrain(cfg, resume, stop, on_step, denv, device) -> dict:
                 acc["gn"] += float(grad_norm)
             if main:
                 bar.advance(1, note=f"{loss_g / LN2:.3f} bits/base, L={L}")
-            info = {"step": step, "loss": loss_g, "seq_len": L, "finite": finite}
+            info = {"step": step, "loss": loss_g, "seq_len": L, "finite": finite, "model": model}
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.time()
                 if main and acc["n"]:
@@ -815,7 +830,7 @@ def _pretrain(cfg, resume, stop, on_step, denv, device) -> dict:
                            "skipped_steps": n_skipped}
                     _append_jsonl(run / "metrics.jsonl", row)
                 t_log, tok_log = now, 0
-                acc = {"loss": 0.0, "w": 0.0, "n": 0, "gn": 0.0}
+                acc = {"loss": 0.0, "n": 0, "gn": 0.0}
             best = False
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 row = run_eval(step)
@@ -827,6 +842,8 @@ def _pretrain(cfg, resume, stop, on_step, denv, device) -> dict:
                 last_ck_step = step
             if on_step is not None:
                 on_step(step, info)
+            if step < cfg.steps and stop_at is not None and step >= stop_at:
+                stop.received = stop.received or f"--stop-at {stop_at}"
             if step < cfg.steps and stop.should_stop(device):
                 stopped_by = stop.received or "a signal on another rank"
                 if last_ck_step != step:
@@ -887,3 +904,35 @@ def _null_progress():
             return False
 
     return _Ctx()
+
+
+# --------------------------------------------------------------------------- CLI glue
+
+
+def config_from_cli(
+    inputs: list[str], out: str, config: str | None, model_config: str | None,
+    model_overrides: dict, overrides: dict,
+) -> PretrainConfig:
+    """Defaults < --config JSON < --model-config < flags that were given (not None)."""
+    base = PretrainConfig.load(config).to_dict() if config else PretrainConfig().to_dict()
+    if model_config:
+        p = Path(model_config)
+        p = p / "config.json" if p.is_dir() else p
+        from mamba_dna.model import MambaConfig
+
+        base["model"] = {k: v for k, v in MambaConfig.from_json_file(p).to_dict().items()
+                         if k != "gradient_checkpointing"}
+    base["model"].update({k: v for k, v in model_overrides.items() if v is not None})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if inputs:
+        base["inputs"] = [str(x) for x in inputs]
+    base["out"] = str(out)
+    return PretrainConfig.from_dict(base, where=config or "options")
+
+
+def run_cli(cfg: PretrainConfig, resume: bool, stop_at: int | None) -> dict:
+    """What `mamba-dna pretrain` runs; prints the run directory on stdout (rank 0)."""
+    summary = pretrain(cfg, resume=resume, stop_at=stop_at)
+    if mdist.detect().is_main:
+        print(summary["run_dir"], flush=True)
+    return summary
