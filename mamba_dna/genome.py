@@ -229,6 +229,8 @@ def _scan_fasta(path: Path, buf: np.ndarray) -> _Scan:
     first_line = int(np.argmax(nonblank))
     first_byte = buf[starts[first_line]]
     if first_byte != ord(">"):
+        if np.isin(buf, np.frombuffer(b" \t\r\n", np.uint8)).all():
+            raise InputError(f"{path}: no sequence data (only blank lines); expected a FASTA")
         what = "looks like FASTQ" if first_byte == ord("@") else "is not a FASTA"
         shown = bytes(buf[starts[first_line] : min(ends[first_line], starts[first_line] + 20)])
         raise InputError(
@@ -311,8 +313,9 @@ def _alias_keys(name: str) -> list[str]:
         keys += ["M", "MT", "chrM", "chrMT"]
     if "|" in n:  # NCBI 'gi|123|ref|NC_017625.1|': each accession field
         keys += [f for f in n.split("|") if f and not f.isdigit() and f not in ("gi", "ref")]
-    if "." in base and base.rsplit(".", 1)[1].isdigit():  # NC_017625.1 -> NC_017625
-        keys.append(base.rsplit(".", 1)[0])
+    for k in list(keys):  # NC_017625.1 -> NC_017625
+        if "." in k and k.rsplit(".", 1)[1].isdigit():
+            keys.append(k.rsplit(".", 1)[0])
     return keys
 
 

@@ -22,6 +22,7 @@ where it is, or (with `invalid="N"`) mapped to N and counted.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -136,13 +137,9 @@ def decode(ids) -> str:
 
 def reverse_complement(ids):
     """Reverse complement in token space along the last axis; numpy or torch input."""
-    try:
-        import torch
-
-        if isinstance(ids, torch.Tensor):
-            comp = torch.as_tensor(COMPLEMENT, device=ids.device, dtype=ids.dtype)
-            return comp[ids.long()].flip(-1)
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # a tensor implies torch is imported: never import it here
+    if torch is not None and isinstance(ids, torch.Tensor):
+        comp = torch.as_tensor(COMPLEMENT, device=ids.device, dtype=ids.dtype)
+        return comp[ids.long()].flip(-1)
     arr = np.asarray(ids)
     return COMPLEMENT[arr][..., ::-1].astype(arr.dtype, copy=False)
