@@ -1,0 +1,244 @@
+"""The embedding file: one HDF5 file per `mamba-dna embed` run, readable with plain h5py.
+
+Schema (format "mamba-dna-embeddings", format_version 1)::
+
+    /                      root attributes (all scalars or strings):
+        format             "mamba-dna-embeddings"
+        format_version     1
+        mamba_dna_version  version that wrote the file
+        model_config       the model's config.json, as a JSON string
+        model_dir          model directory as given on the command line
+        checkpoint_sha256  sha256 of model.safetensors
+        reference          FASTA file name (basename)
+        reference_sha256   sha256 of the FASTA file as given (compressed bytes if .gz)
+        window, stride     window length / stride in bp (0 = whole records or BED regions)
+        regions            BED file name, "" when windows were used
+        pooling            "mean" | "max" | "last" | "none"
+        layer              "final_norm" = after the final norm (the default), or k: the
+                           residual stream after k blocks (MambaLM.hidden's `layer`)
+        rc_average         1 if forward and reverse-complement passes were averaged
+        dtype              "float32" | "float16" (pooled and per-position datasets)
+        per_position       1 if /per_position holds one dataset per item
+        d_model            embedding width d
+        coordinates        "0-based half-open; strand '+' or '-'"
+        n_items_total      number of items in the full (unsharded) run
+        shard              "i/n" for a shard file, "" for a full or merged file
+        complete           1 once every item of this file is written (0 while running)
+
+    /items/                the table of items, one row per item, as column datasets:
+        index    int64 (n,)   position of the item in the full run (0..n_items_total-1)
+        id       str (n,)     "chrom:start-end(strand)" or the BED name column
+        chrom    str (n,)     record name in the FASTA
+        start    int64 (n,)   0-based start
+        end      int64 (n,)   end (exclusive); length = end - start
+        strand   str (n,)     "+" or "-" ("-" = the reverse complement was embedded)
+        done     uint8 (n,)   1 once the item's rows are written (what --resume reads)
+    /pooled                float (n, d): pooled embedding of item r in row r (absent for
+                           pooling "none")
+    /per_position/<index>  float (length, d) for the item with that `index`, named by the
+                           index zero-padded to 9 digits; chunked along length, gzip level
+                           1 with shuffle; attribute `id`.
+
+Rows of /items, /pooled and the per-position names all use the same order. Items are
+fixed when the file is created; rows are filled in as items finish, and `done` marks
+them, so a file cut off by a crash or a time limit can be continued (`--resume`).
+
+Reading with h5py alone::
+
+    with h5py.File("emb.h5") as f:
+        X = f["pooled"][:]                                   # (n, d)
+        chrom = f["items/chrom"].asstr()[:]
+        x0 = f["per_position/000000000"][:1000]               # first 1 kb of item 0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mamba_dna.errors import InputError
+
+FORMAT = "mamba-dna-embeddings"
+FORMAT_VERSION = 1
+COORDINATES = "0-based half-open; strand '+' or '-'"
+ITEM_COLUMNS = ("index", "id", "chrom", "start", "end", "strand", "done")
+# attributes that must agree between a partial file and a --resume run, and between shards
+RUN_KEYS = (
+    "format_version", "model_config", "checkpoint_sha256", "reference", "reference_sha256",
+    "window", "stride", "regions", "pooling", "layer", "rc_average", "dtype",
+    "per_position", "d_model", "n_items_total",
+)
+
+
+def position_key(index: int) -> str:
+    """Dataset name under /per_position for the item with global index `index`."""
+    return f"{int(index):09d}"
+
+
+@dataclass
+class Items:
+    """The item table (columns as numpy arrays, one row per item)."""
+
+    chrom: np.ndarray  # (n,) object (str)
+    start: np.ndarray  # (n,) int64
+    end: np.ndarray  # (n,) int64
+    strand: np.ndarray  # (n,) object ("+" / "-")
+    id: np.ndarray  # (n,) object (str)
+    index: np.ndarray = field(default=None)  # (n,) int64 global index
+
+    def __post_init__(self):
+        n = len(self.chrom)
+        if self.index is None:
+            self.index = np.arange(n, dtype=np.int64)
+        for name in ("start", "end", "strand", "id", "index"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"item column {name} has {len(getattr(self, name))} rows, not {n}")
+
+    def __len__(self) -> int:
+        return len(self.chrom)
+
+    @property
+    def length(self) -> np.ndarray:
+        return self.end - self.start
+
+    def take(self, rows) -> Items:
+        rows = np.asarray(rows, dtype=np.int64)
+        return Items(self.chrom[rows], self.start[rows], self.end[rows], self.strand[rows],
+                     self.id[rows], self.index[rows])
+
+
+def _str_dtype():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def create(path: str | os.PathLike, items: Items, attrs: dict, *, d_model: int,
+           pooled: bool, per_position: bool, dtype: str) -> None:
+    """Create a new (incomplete) embedding file holding the item table and empty datasets."""
+    import h5py
+
+    from mamba_dna import __version__
+
+    n = len(items)
+    with h5py.File(path, "w", libver="latest") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["mamba_dna_version"] = __version__
+        f.attrs["coordinates"] = COORDINATES
+        f.attrs["d_model"] = int(d_model)
+        f.attrs["dtype"] = dtype
+        f.attrs["per_position"] = int(per_position)
+        f.attrs["complete"] = 0
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        g = f.create_group("items")
+        g.create_dataset("index", data=items.index.astype(np.int64))
+        g.create_dataset("id", data=list(items.id), dtype=_str_dtype())
+        g.create_dataset("chrom", data=list(items.chrom), dtype=_str_dtype())
+        g.create_dataset("start", data=items.start.astype(np.int64))
+        g.create_dataset("end", data=items.end.astype(np.int64))
+        g.create_dataset("strand", data=list(items.strand), dtype=_str_dtype())
+        g.create_dataset("done", data=np.zeros(n, dtype=np.uint8))
+        if pooled:
+            f.create_dataset("pooled", shape=(n, d_model), dtype=dtype,
+                             chunks=(max(1, min(n, 4096)), d_model) if n else None)
+        if per_position:
+            f.create_group("per_position")
+
+
+def read_items(f) -> Items:
+    """The item table of an open h5py.File."""
+    g = f["items"]
+    return Items(
+        chrom=np.asarray(g["chrom"].asstr()[:], dtype=object),
+        start=g["start"][:].astype(np.int64),
+        end=g["end"][:].astype(np.int64),
+        strand=np.asarray(g["strand"].asstr()[:], dtype=object),
+        id=np.asarray(g["id"].asstr()[:], dtype=object),
+        index=g["index"][:].astype(np.int64),
+    )
+
+
+def run_attrs(f) -> dict:
+    """The attributes that identify a run (what resume and merge compare)."""
+    out = {}
+    for k in RUN_KEYS:
+        v = f.attrs.get(k)
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, bytes):
+            v = v.decode()
+        out[k] = v
+    return out
+
+
+def check_format(f, where: str) -> None:
+    if f.attrs.get("format") != FORMAT:
+        raise InputError(f"{where}: not a mamba-dna embedding file (attribute format="
+                         f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
+    if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+        raise InputError(f"{where}: embedding format_version {f.attrs.get('format_version')} "
+                         f"is not {FORMAT_VERSION}, which this version reads")
+
+
+def diff_attrs(a: dict, b: dict) -> list[str]:
+    """Names of run attributes that differ between two runs."""
+    return [k for k in RUN_KEYS if a.get(k) != b.get(k)]
+
+
+def per_position_dataset(f, index: int, length: int, d: int, dtype: str, item_id: str,
+                         chunk_rows: int = 4096):
+    """(Re)create the (length, d) dataset for one item, chunked along length."""
+    grp = f["per_position"]
+    key = position_key(index)
+    if key in grp:  # left over from an item a crash cut off: write it again
+        del grp[key]
+    rows = max(1, min(int(length), chunk_rows))
+    ds = grp.create_dataset(key, shape=(int(length), d), dtype=dtype, chunks=(rows, d),
+                            compression="gzip", compression_opts=1, shuffle=True)
+    ds.attrs["id"] = item_id
+    return ds
+
+
+def open_for_resume(path: Path, expect: dict):
+    """Open a partial file for appending after checking it belongs to the same run."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r+")
+    except OSError as e:
+        raise InputError(
+            f"{path}: the partial embedding file cannot be opened ({e}); it was probably cut "
+            "off in the middle of a write", hint="delete it and run again without --resume"
+        ) from e
+    try:
+        check_format(f, str(path))
+        diff = diff_attrs(run_attrs(f), expect)
+        if diff:
+            raise InputError(
+                f"{path}: the partial file was written with different settings "
+                f"({', '.join(diff)}); --resume only continues the same run",
+                hint="use the same options, or delete it to start over",
+            )
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def summary(path: str | os.PathLike) -> dict:
+    """Attributes and sizes of an embedding file (for `mamba-dna embed` output and tests)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        check_format(f, str(path))
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        attrs["n_items"] = int(f["items/index"].shape[0])
+        attrs["n_done"] = int(f["items/done"][:].sum())
+        attrs["model_config"] = json.loads(attrs["model_config"])
+    return attrs
