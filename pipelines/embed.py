@@ -34,7 +34,6 @@ from mamba_dna import log
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import sha256_file
 from mamba_dna.io import hdf5
-from mamba_dna.tokenizer import N as N_ID
 from mamba_dna.tokenizer import PAD, reverse_complement
 
 POOLS = ("mean", "max", "last", "none")
@@ -260,7 +259,7 @@ def window_items(genome, window: int, stride: int) -> hdf5.Items:
                 break
             s += stride
     m = len(chrom)
-    ids = [f"{c}:{s}-{e}(+)" for c, s, e in zip(chrom, start, end)]
+    ids = [f"{c}:{s}-{e}(+)" for c, s, e in zip(chrom, start, end, strict=True)]
     return hdf5.Items(np.array(chrom, object), np.array(start, np.int64), np.array(end, np.int64),
                       np.array(["+"] * m, object), np.array(ids, object))
 
@@ -429,7 +428,7 @@ def run_embed(cfg: EmbedConfig, model=None, checkpoint_sha: str | None = None) -
                 if cfg.per_position:
                     dsets = [hdf5.per_position_dataset(f, int(i), len(s), d, cfg.dtype,
                                                        str(items.id[i]))
-                             for i, s in zip(batch, seqs)]
+                             for i, s in zip(batch, seqs, strict=True)]
 
                     def sink(b, s, e, h, is_rc, dsets=dsets):
                         if is_rc:  # average with the forward rows written before

@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from mamba_dna.pipelines import embed as E
 
 from mamba_dna.cli import main
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.model import MambaConfig, MambaLM, rc_average_hidden
-from mamba_dna.pipelines import embed as E
 from mamba_dna.tokenizer import encode, reverse_complement
 
 RECORDS = {"chr1": 2600, "chr2": 900, "chrM": 1301}  # small: CI runs on 2 shared cores
@@ -87,7 +87,7 @@ def test_file_read_back_with_h5py(setup, tmp_path):
         chrom = f["items/chrom"].asstr()[:]
         start, end = f["items/start"][:], f["items/end"][:]
         # windows: chr1 0,600,1200,1800(->2600); chr2 0(->900); chrM 0,600(->1301)
-        assert list(zip(chrom, start, end)) == [
+        assert list(zip(chrom, start, end, strict=True)) == [
             ("chr1", 0, 1000), ("chr1", 600, 1600), ("chr1", 1200, 2200), ("chr1", 1800, 2600),
             ("chr2", 0, 900), ("chrM", 0, 1000), ("chrM", 600, 1301)]
         assert f["items/done"][:].all() and list(f["items/index"][:]) == list(range(7))
