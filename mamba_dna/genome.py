@@ -137,6 +137,25 @@ def _sniff(path: Path) -> str:
     return "plain"
 
 
+def _gunzip(src, out, chunk: int = 1 << 22) -> None:
+    """Stream-decompress gzip (any number of members) from src to out; zlib checks each
+    member's CRC in C. Raises EOFError when the data stops inside a member."""
+    d = zlib.decompressobj(47)  # 32 + 15: gzip or zlib header, largest window
+    fresh = True  # nothing fed to the current member yet
+    while block := src.read(chunk):
+        while block:
+            out.write(d.decompress(block))
+            fresh = False
+            if not d.eof:
+                break
+            out.write(d.flush())
+            block = d.unused_data  # the next member (BGZF, concatenated gzip)
+            d, fresh = zlib.decompressobj(47), True
+    out.write(d.flush())
+    if not d.eof and not fresh:
+        raise EOFError("compressed data ended before the end-of-stream marker")
+
+
 def _gunzip_to_cache(path: Path) -> Path:
     """Decompress a plain-gzip FASTA once into the cache; returns the cached path."""
     key = _source_key(path)
@@ -152,10 +171,9 @@ def _gunzip_to_cache(path: Path) -> Path:
             "(bgzip the file to read it in place)"
         )
         try:
-            with gzip.open(path, "rb") as src, atomic_path(dest) as tmp, open(tmp, "wb") as out:
-                while block := src.read(1 << 22):
-                    out.write(block)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            with open(path, "rb") as src, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+                _gunzip(src, out)
+        except (EOFError, zlib.error) as e:
             raise InputError(
                 f"{path}: corrupt or truncated gzip ({e}); expected a complete .gz file",
                 hint="re-download it and check its checksum",
@@ -300,6 +318,28 @@ def _write_normalised(path: Path, buf: np.ndarray, dest: Path) -> None:
     _publish(dest)
 
 
+def _read_lines(mm, rec: FaiRecord, start: int, end: int) -> bytes:
+    """Bases [start, end) of a record from the mapped file, line breaks removed."""
+    lb, lw = rec.linebases, rec.linewidth
+    if lw == lb or end - start <= 4096:  # one line per record, or short: strip in one C pass
+        b0 = rec.offset + (start // lb) * lw + start % lb
+        b1 = rec.offset + ((end - 1) // lb) * lw + (end - 1) % lb + 1
+        return mm[b0:b1].translate(None, b"\r\n")
+    # Bulk: full lines as a (lines, linewidth) view; keeping the first `linebases` columns
+    # drops every line break in one strided copy (memory speed, no per-line Python).
+    l0, l1 = start // lb, (end - 1) // lb  # first and last line touched
+    n_full = l1 - l0
+    out = np.empty((n_full + 1) * lb, np.uint8)  # (bases in those lines,)
+    lines = np.frombuffer(mm, np.uint8, count=n_full * lw, offset=rec.offset + l0 * lw)
+    out[: n_full * lb].reshape(n_full, lb)[:] = lines.reshape(n_full, lw)[:, :lb]
+    tail = min(lb, rec.length - l1 * lb)  # bases on the last line
+    out[n_full * lb : n_full * lb + tail] = np.frombuffer(
+        mm, np.uint8, count=tail, offset=rec.offset + l1 * lw
+    )
+    a = start - l0 * lb
+    return out[a : a + end - start].tobytes()
+
+
 # ----------------------------------------------------------------------------- aliases
 
 
@@ -357,12 +397,18 @@ class Genome:
         self._recs: dict[str, FaiRecord] = {r.name: r for r in recs}
         self.names: list[str] = [r.name for r in recs]
         self.lengths: dict[str, int] = {r.name: r.length for r in recs}
-        hits: dict[str, set[str]] = {}
-        for r in recs:
-            for k in _alias_keys(r.name):
-                hits.setdefault(k, set()).add(r.name)
-        # alias -> record name; None marks an ambiguous alias (two records answer to it)
-        self._aliases = {k: (next(iter(v)) if len(v) == 1 else None) for k, v in hits.items()}
+        self._alias_map: dict[str, str | None] | None = None  # built on first alias lookup
+
+    @property
+    def _aliases(self) -> dict[str, str | None]:
+        """alias -> record name; None marks an ambiguous alias (two records answer to it)."""
+        if self._alias_map is None:
+            hits: dict[str, set[str]] = {}
+            for name in self.names:
+                for k in _alias_keys(name):
+                    hits.setdefault(k, set()).add(name)
+            self._alias_map = {k: (next(iter(v)) if len(v) == 1 else None) for k, v in hits.items()}
+        return self._alias_map
 
     # -- opening -------------------------------------------------------------------------
 
@@ -519,7 +565,9 @@ class Genome:
 
     def fetch(self, name: str, start: int = 0, end: int | None = None) -> bytes:
         """Raw sequence bytes of name[start:end) as in the file (case kept)."""
-        rname, start, end = self._check_range(name, start, end)
+        return self._fetch(*self._check_range(name, start, end))
+
+    def _fetch(self, rname: str, start: int, end: int) -> bytes:
         if end == start:
             return b""
         if self.kind == "bgzf" and self.data_path == self.path:
@@ -530,23 +578,21 @@ class Genome:
         rec = self._recs[rname]
         if self._mm is None:
             self._map(self.data_path)
-        lb, lw = rec.linebases, rec.linewidth
-        b0 = rec.offset + (start // lb) * lw + start % lb
-        b1 = rec.offset + ((end - 1) // lb) * lw + (end - 1) % lb + 1
-        raw = self._mm[b0:b1]  # bytes, with line breaks
-        if lw != lb:
-            raw = raw.translate(None, b"\r\n")  # C loop: strip line breaks without per-line Python
+        try:
+            raw = _read_lines(self._mm, rec, start, end)
+        except ValueError:
+            raw = b""
         if len(raw) != end - start:
             raise InputError(
                 f"{self.path}: record {rname!r} is shorter in the file than its index says; "
-                f"the .fai is stale or the file changed (delete {self.path}.fai and retry)"
+                f"the .fai is stale or the file changed (delete the .fai and retry)"
             )
         return raw
 
     def tokens(self, name: str, start: int = 0, end: int | None = None):
         """(ids uint8 (L,), softmask bool (L,)) for name[start:end)."""
         rname, start, end = self._check_range(name, start, end)
-        raw = self.fetch(rname, start, end)
+        raw = self._fetch(rname, start, end)
         ids, soft, n_bad = encode_bytes(
             raw,
             invalid=self.invalid,
