@@ -94,6 +94,11 @@ class MarkovModel:
     def name(self) -> str:
         return f"markov-{self.order}"
 
+    @property
+    def context_length(self) -> int:
+        """Predictions depend on the last `order` tokens only (lets `score` skip re-runs)."""
+        return self.order
+
     # ---- fitting -------------------------------------------------------------------------
     def fit(self, arrays: Iterable[np.ndarray], both_strands: bool = True) -> MarkovModel:
         """Add counts from token arrays (uint8 ids, any length); returns self."""

@@ -266,6 +266,85 @@ def pretrain(
     run_cli(cfg, resume=resume, stop_at=stop_at)
 
 
+score_app = typer.Typer(
+    help="Zero-shot variant effect scores (LLR, DLL) for a VCF (`score merge` joins shards).",
+    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(score_app, name="score")
+
+
+@score_app.callback(invoke_without_command=True)
+def score(
+    ctx: typer.Context,
+    vcf: str = typer.Option(None, "--vcf", "-i", help="Input VCF (plain, .gz or bgzip)."),
+    fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA the VCF was called on."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory, markov:K or markov:auto."),
+    out: str = typer.Option(None, "--out", "-o", help="Output .vcf/.vcf.gz (INFO fields) or .tsv; '-' = TSV on stdout."),
+    scores: str = typer.Option("llr,dll", "--scores", help="llr (SNVs, nearly free), dll (all alleles)."),
+    window: int = typer.Option(2000, "--window", "-w", help="DLL window in bp: window/2 each side."),
+    strict: bool = typer.Option(False, "--strict", help="REF mismatch or unknown contig is an error."),
+    chrom_alias: str = typer.Option(None, "--chrom-alias", help="'chr1=1,chrM=MT' or a 2-column file."),
+    region: str = typer.Option(None, "--region", help="chrom:start-end (1-based, inclusive)."),
+    shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's records."),
+    tsv_info: str = typer.Option("", "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
+    batch_size: int = typer.Option(32, "--batch-size", help="ALT re-runs per model call."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
+) -> None:
+    """Score every ALT allele of a VCF with a model or a Markov baseline (negative = damaging).
+
+    Example:  mamba-dna score --vcf variants.vcf.gz --fasta ref.fa --model runs/m/model --out scored.vcf.gz
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mamba_dna.errors import ConfigError
+    from mamba_dna.pipelines.score import ScoreConfig, run
+
+    missing = [n for n, v in (("--vcf", vcf), ("--fasta", fasta), ("--model", model), ("--out", out)) if not v]
+    if missing:
+        raise ConfigError(f"score: missing {', '.join(missing)}", hint="see `mamba-dna score --help`")
+    cfg = ScoreConfig(vcf=vcf, fasta=fasta, model=model, out=out, scores=tuple(scores.split(",")),
+                      window=window, strict=strict, chrom_alias=chrom_alias, region=region,
+                      shard=shard, batch_size=batch_size, device=device,
+                      tsv_info=tuple(k for k in tsv_info.split(",") if k))
+    run(cfg)
+    if out != "-":
+        typer.echo(out)
+
+
+@score_app.command("merge")
+def score_merge(
+    shards: list[str] = typer.Argument(..., help="Outputs of `score --shard i/n` (any order)."),
+    out: str = typer.Option(..., "--out", "-o", help="Merged output (same format as the shards)."),
+) -> None:
+    """Join `score --shard i/n` outputs in input order, identical to a single run.
+
+    Example:  mamba-dna score merge scored.shard*.tsv --out scored.tsv
+    """
+    from mamba_dna.pipelines.score import merge_outputs
+
+    merge_outputs(shards, out)
+    typer.echo(out)
+
+
+@score_app.command("eval")
+def score_eval(
+    scored: str = typer.Argument(..., help="A `score` output (.tsv or .vcf[.gz])."),
+    truth: str = typer.Option(..., "--truth", help="VCF with the label in INFO."),
+    label: str = typer.Option(..., "--label", help="INFO key of the label (e.g. Y, FITNESS)."),
+    metric: str = typer.Option("auroc", "--metric", help="auroc (label == --positive) | spearman."),
+    column: str = typer.Option("llr", "--score", help="Score column: llr | dll | dll_norm."),
+    positive: str = typer.Option("1", "--positive", help="Label value of the positive class."),
+) -> None:
+    """Metric of a score against labelled variants (AUROC uses -score: negative = damaging).
+
+    Example:  mamba-dna score eval scored.tsv --truth brca1_sge.vcf.gz --label Y --metric auroc
+    """
+    from mamba_dna.pipelines.score import evaluate_labelled
+
+    r = evaluate_labelled(scored, truth, label, metric=metric, score=column, positive=positive)
+    typer.echo("\t".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user mistakes become one line and an exit code."""
     try:

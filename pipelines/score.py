@@ -229,7 +229,11 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
     order_rows = np.argsort(row_of, kind="stable")
     rows4 = np.full((n, 4), np.nan, dtype=np.float64)  # (n, 4) pass rows at q-1
     # prefix sums S(t) = sum_{1<=i<t} log P(x_i | x_<i): REF term = S(q+m+wd) - S(q)
-    ev = np.unique(np.concatenate([q, q + m + wd])) if want_dll else np.zeros(0, np.int64)
+    # a scorer with a finite context (Markov: k bases) re-runs ALT + `ctx` downstream bases
+    # only; further downstream its log-probs equal the pass's and are taken from S
+    ctx = getattr(scorer, "context_length", None)
+    tail = np.minimum(wd, ctx) if ctx is not None else wd  # (n,) downstream bases re-run
+    ev = np.unique(np.concatenate([q, q + m + wd, q + m + tail])) if want_dll else np.zeros(0, np.int64)
     ev_val = np.zeros(ev.size, dtype=np.float64)
     # snapshots: the state after x[:b] for block starts b with DLL jobs
     bstart = (q // block) * block  # (n,)
@@ -243,7 +247,7 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
         while pending and (final or len(pending) >= batch_size):
             take, rest = pending[:batch_size], pending[batch_size:]
             pending[:] = rest
-            _rerun(scorer, x, jobs, take, bstart, wd, rows4, dll, dll_norm, ev, ev_val, dev)
+            _rerun(scorer, x, jobs, take, bstart, tail, rows4, dll, dll_norm, dev)
 
     end = int(min(L, (q + m + wd).max() + 1 if want_dll else q.max() + 1))
     cuts = sorted(set(range(chunk, end, chunk)) | {int(b) for b in need_b if b < end} | {end})
@@ -293,12 +297,15 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
             ref_ll = S[int(q[i] + m[i] + wd[i])] - S[int(q[i])]
             n_ref = int(m[i] + wd[i] - (1 if q[i] == 0 else 0))
             alt_ll, n_alt = dll[i], dll_norm[i]  # _rerun stored (alt log-lik, n alt terms) here
+            if tail[i] < wd[i]:  # downstream beyond the scorer's context: same as the pass
+                alt_ll += S[int(q[i] + m[i] + wd[i])] - S[int(q[i] + m[i] + tail[i])]
+                n_alt += int(wd[i] - tail[i])
             dll[i] = alt_ll - ref_ll
             dll_norm[i] = alt_ll / max(n_alt, 1) - ref_ll / max(n_ref, 1)
     return StrandResult(llr, dll, dll_norm, edge)
 
 
-def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, ev, ev_val, dev) -> None:
+def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev) -> None:
     """Batched ALT re-runs from block snapshots; stores (ALT log-lik, #terms) in out_ll/out_n."""
     seqs, starts = [], []
     for i, _ in take:
