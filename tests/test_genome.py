@@ -6,6 +6,7 @@ Everything is compared against a plain per-line Python parse of the same bytes."
 from __future__ import annotations
 
 import gzip
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -361,3 +362,65 @@ def test_bulk_reads_of_long_records(tmp_path, eol):
             a = int(rng.integers(0, len(seq)))
             b = int(rng.integers(a, len(seq) + 1))
             assert g.fetch(name, a, b) == seq[a:b], (name, a, b)
+
+
+# ----------------------------------------------------------------------------- data/fetch.py
+
+
+def _fetch_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mamba_dna_data_fetch", FIXTURES.parent / "fetch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shared_data_matches_manifest_checksums():
+    if not DATA.exists():
+        pytest.skip(f"real data not found at {DATA} (set MAMBA_DNA_DATA)")
+    fetch = _fetch_module()
+    assert set(fetch.read_manifest()) == set(fetch.SOURCES)  # every file has a source
+    assert fetch.verify(DATA, only="species/phage") == 0
+    assert fetch.verify(DATA, only="pretrain/human_chr20") == 0
+
+
+def test_fetch_transforms_and_deb_extraction(tmp_path, monkeypatch):
+    import io
+    import lzma
+    import tarfile
+
+    fetch = _fetch_module()
+    fa = b">20 chr20\nACGTACGTAC\nGGGTTT\n>21\nAAAA\n"
+    assert fetch.derive(fa, "window:20:3-8") == b">20:3-8 (1-based inclusive)\nGTACGT\n"
+    assert fetch.derive(gzip.compress(fa), "head:1") == b">20 chr20\nACGTACGTAC\nGGGTTT\n"
+    assert fetch.derive(b"acgTTN\n", "revcomp").endswith(b"\nNAAcgt\n")
+    gb = b"LOCUS X\nACCESSION   MN908947\nORIGIN\n        1 attaaaggtt tatac\n//\n"
+    assert fetch.derive(gb, "genbank") == b">MN908947\nATTAAAGGTTTATAC\n"
+    # a .deb is an ar archive holding data.tar.xz
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w") as tar:
+        info = tarfile.TarInfo("./usr/share/doc/x/ref.fa.gz")
+        payload = gzip.compress(fa)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    data_xz = lzma.compress(tar_buf.getvalue())
+
+    def ar_member(name: bytes, body: bytes) -> bytes:
+        head = name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) * 2 + b"100644".ljust(8)
+        return head + str(len(body)).encode().ljust(10) + b"`\n" + body + b"\n" * (len(body) & 1)
+
+    deb = b"!<arch>\n" + ar_member(b"debian-binary", b"2.0\n") + ar_member(b"data.tar.xz", data_xz)
+    urls = []
+
+    def fake_download(url):
+        urls.append(url)
+        if "/mr/binary/" in url:
+            return json.dumps({"result": [{"hash": "abc", "architecture": "all"}]}).encode()
+        return deb
+
+    monkeypatch.setattr(fetch, "download", fake_download)
+    got = fetch.deb_member("x-examples", "1.0-1", "usr/share/doc/x/ref.fa.gz", None, {})
+    assert gzip.decompress(got) == fa
+    assert urls == ["https://snapshot.debian.org/mr/binary/x-examples/1.0-1/binfiles",
+                    "https://snapshot.debian.org/file/abc"]
