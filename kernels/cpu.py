@@ -49,7 +49,6 @@ processes load them from the cache.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numba
@@ -118,14 +117,58 @@ def _exp_parts(x):
     return p, bits
 
 
-@njit(inline="always")
-def _softplus(x):
-    return x if x > _TWENTY else np.float32(math.log1p(math.exp(x)))
+@njit(inline="always", fastmath=_FASTMATH)
+def _vexp(x, out, bits, m):
+    """out[:m] = exp(x[:m]) (float32, vectorised); bits: int32 scratch of length >= m."""
+    scale = bits.view(np.float32)
+    for i in range(m):
+        out[i], bits[i] = _exp_parts(x[i])
+    for i in range(m):
+        out[i] = out[i] * scale[i]
 
 
-@njit(inline="always")
-def _sigmoid(x):
-    return _ONE / (_ONE + np.float32(math.exp(-x)))
+@njit(inline="always", fastmath=_FASTMATH)
+def _log1p_unit(y):
+    """log(1 + y) for y in [0, 1], float32: 2 atanh(s), s = y / (2 + y) <= 1/3."""
+    s = y / (_F32(2.0) + y)
+    s2 = s * s
+    q = _F32(1.0 / 15.0) * s2 + _F32(1.0 / 13.0)
+    q = q * s2 + _F32(1.0 / 11.0)
+    q = q * s2 + _F32(1.0 / 9.0)
+    q = q * s2 + _F32(1.0 / 7.0)
+    q = q * s2 + _F32(1.0 / 5.0)
+    q = q * s2 + _F32(1.0 / 3.0)
+    q = q * s2 + _ONE
+    return _F32(2.0) * s * q
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _prepass(delta, z, bias_d, b, d, t0, m, softplus, has_z, dtb, dsig, zsig, tmp, bits):
+    """Per-position scalars of one channel's chunk, vectorised over positions.
+
+    dtb[i] = softplus(delta + bias) (or delta + bias); dsig[i] = sigmoid(delta + bias)
+    (softplus' derivative, when `softplus`); zsig[i] = sigmoid(z) (when `has_z`).
+    """
+    if softplus:
+        for i in range(m):
+            x = delta[b, d, t0 + i] + bias_d
+            tmp[i] = -abs(x)
+        _vexp(tmp, tmp, bits, m)  # e = exp(-|x|) in (0, 1]
+        for i in range(m):
+            x = delta[b, d, t0 + i] + bias_d
+            e = tmp[i]
+            r = _ONE / (_ONE + e)
+            dtb[i] = max(x, _ZERO) + _log1p_unit(e)
+            dsig[i] = r if x >= _ZERO else e * r
+    else:
+        for i in range(m):
+            dtb[i] = delta[b, d, t0 + i] + bias_d
+    if has_z:
+        for i in range(m):
+            tmp[i] = -z[b, d, t0 + i]
+        _vexp(tmp, tmp, bits, m)
+        for i in range(m):
+            zsig[i] = _ONE / (_ONE + tmp[i])
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
@@ -154,6 +197,11 @@ def _scan_fwd_kernel(
         bits = np.empty(N, np.int32)  # (N,) exponent bits of exp(dt*A)
         scale = bits.view(np.float32)  # (N,) the same memory as float32: 2^k
         pm = np.empty(N, np.float32)  # (N,) mantissa factor of exp(dt*A)
+        dtb = np.empty(chunk, np.float32)  # (chunk,) dt of the chunk
+        dsig = np.empty(chunk, np.float32)  # (chunk,) unused in the forward
+        zsig = np.empty(chunk, np.float32)  # (chunk,) sigmoid(z)
+        tmp = np.empty(chunk, np.float32)
+        tbits = np.empty(chunk, np.int32)
         for c in range(n_chunks):
             t0 = c * chunk
             t1 = min(t0 + chunk, L)
@@ -166,10 +214,12 @@ def _scan_fwd_kernel(
                     for n in range(N):
                         saved[c, b, d, n] = h[n]
                 Ad = A[d]  # (N,)
+                Dd = D[d]
+                _prepass(delta, z, bias[d], b, d, t0, t1 - t0, softplus, has_z,
+                         dtb, dsig, zsig, tmp, tbits)
                 for t in range(t0, t1):
-                    dt = delta[b, d, t] + bias[d]
-                    if softplus:
-                        dt = _softplus(dt)
+                    i = t - t0
+                    dt = dtb[i]
                     uu = u[b, d, t]
                     dtu = dt * uu
                     kf = _ONE
@@ -182,10 +232,9 @@ def _scan_fwd_kernel(
                         hn = pm[n] * scale[n] * kf * h[n] + dtu * Bt[b, g, t, n]
                         h[n] = hn
                         acc += hn * Ct[b, g, t, n]
-                    y = acc + D[d] * uu
+                    y = acc + Dd * uu
                     if has_z:
-                        zz = z[b, d, t]
-                        y = y * zz * _sigmoid(zz)
+                        y = y * z[b, d, t] * zsig[i]
                     out[b, d, t] = y
 
 
@@ -193,7 +242,7 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u, delta, z, Bt, Ct, A, D, bias, keep, saved, gout,
     gu, gdelta, gz, gBt, gCt, gA64, gD64, gbias64, carry,
-    has_z, has_keep, softplus, chunk, n_parts,
+    has_z, has_keep, softplus, chunk, span, n_parts,
 ):  # pragma: no cover - compiled
     """Backward by recomputation, chunks in reverse.
 
@@ -201,120 +250,133 @@ def _scan_bwd_kernel(
     L). Writes gu, gdelta, gz (batch, dim, L), gBt, gCt (batch, G, L, N); adds into gA64
     (batch, dim, N), gD64, gbias64 (batch, dim) float64. carry (batch, dim, N): the
     gradient of the last state in, of the initial state out.
+
+    Threads own blocks of channels and walk `span` positions (a multiple of `chunk`)
+    without synchronising; then their dB/dC shares for the span are added (one barrier
+    per span, not per chunk: barriers are what a busy machine makes expensive).
     """
     batch, dim, L = u.shape
     G = Bt.shape[1]
     N = A.shape[1]
     per_group = dim // G
-    n_chunks = (L + chunk - 1) // chunk
     BD = batch * dim
-    # Per-thread buffers, bounded by chunk * N each.
-    abuf = np.empty((n_parts, chunk, N), np.float32)  # exp(dt*A) of the chunk
-    hbuf = np.empty((n_parts, chunk, N), np.float32)  # states of the chunk
-    gBp = np.zeros((n_parts, batch, G, chunk, N), np.float32)  # this thread's dB share
-    gCp = np.zeros((n_parts, batch, G, chunk, N), np.float32)  # this thread's dC share
-    bitsb = np.empty((n_parts, N), np.int32)
-    pmb = np.empty((n_parts, N), np.float32)
-    gAc = np.empty((n_parts, N), np.float32)
-    for c in range(n_chunks - 1, -1, -1):
-        t0 = c * chunk
-        t1 = min(t0 + chunk, L)
+    n_spans = (L + span - 1) // span
+    # Per-thread buffers: (chunk, N) for the recomputation, (span, N) per (batch, group)
+    # for the thread's share of dB and dC.
+    abuf = np.empty((n_parts, chunk, N), np.float32)  # exp(dt*A) * keep of the chunk
+    hbuf = np.empty((n_parts, chunk + 1, N), np.float32)  # [0]: start state, [i+1]: h_t
+    gBp = np.zeros((n_parts, batch, G, span, N), np.float32)  # this thread's dB share
+    gCp = np.zeros((n_parts, batch, G, span, N), np.float32)  # this thread's dC share
+    RB = 64  # positions per block of the reduction
+    n_blk = (span + RB - 1) // RB
+    for s in range(n_spans - 1, -1, -1):
+        s0 = s * span
+        s1 = min(s0 + span, L)
+        c_lo = s0 // chunk
+        c_hi = (s1 + chunk - 1) // chunk
         for p in prange(n_parts):
             lo = p * BD // n_parts
             hi = (p + 1) * BD // n_parts
             a_ = abuf[p]  # (chunk, N)
-            h_ = hbuf[p]  # (chunk, N)
-            bits = bitsb[p]
+            h_ = hbuf[p]  # (chunk + 1, N)
+            bits = np.empty(N, np.int32)
             scale = bits.view(np.float32)
-            pm = pmb[p]
-            gA_ = gAc[p]
-            for bd in range(lo, hi):
-                b = bd // dim
-                d = bd - b * dim
-                g = d // per_group
-                Ad = A[d]  # (N,)
-                # 1) recompute exp(dt*A) and the states of this chunk from its start state
-                for t in range(t0, t1):
-                    i = t - t0
-                    dt = delta[b, d, t] + bias[d]
-                    if softplus:
-                        dt = _softplus(dt)
-                    dtu = dt * u[b, d, t]
-                    kf = _ONE
-                    if has_keep and keep[b, t] == 0:
-                        kf = _ZERO
+            pm = np.empty(N, np.float32)
+            gA_ = np.empty(N, np.float32)
+            dtb = np.empty(chunk, np.float32)  # dt of the chunk
+            dsig = np.empty(chunk, np.float32)  # sigmoid(delta + bias)
+            zsig = np.empty(chunk, np.float32)  # sigmoid(z)
+            tmp = np.empty(chunk, np.float32)
+            tbits = np.empty(chunk, np.int32)
+            for c in range(c_hi - 1, c_lo - 1, -1):
+                t0 = c * chunk
+                t1 = min(t0 + chunk, L)
+                for bd in range(lo, hi):
+                    b = bd // dim
+                    d = bd - b * dim
+                    g = d // per_group
+                    Ad = A[d]  # (N,)
+                    Dd = D[d]
+                    _prepass(delta, z, bias[d], b, d, t0, t1 - t0, softplus, has_z,
+                             dtb, dsig, zsig, tmp, tbits)
+                    # 1) recompute exp(dt*A) and the chunk's states from its start state
                     for n in range(N):
-                        pm[n], bits[n] = _exp_parts(dt * Ad[n])
+                        h_[0, n] = saved[c, b, d, n]
+                    for t in range(t0, t1):
+                        i = t - t0
+                        dt = dtb[i]
+                        dtu = dt * u[b, d, t]
+                        kf = _ONE
+                        if has_keep and keep[b, t] == 0:
+                            kf = _ZERO
+                        for n in range(N):
+                            pm[n], bits[n] = _exp_parts(dt * Ad[n])
+                        for n in range(N):
+                            a_[i, n] = pm[n] * scale[n] * kf  # keep folded in
+                        for n in range(N):
+                            h_[i + 1, n] = a_[i, n] * h_[i, n] + dtu * Bt[b, g, t, n]
+                    # 2) adjoint recurrence, t from t1-1 down to t0
+                    gh = carry[b, d]  # (N,) view: dLoss/dh_t carried from the future
                     for n in range(N):
-                        a_[i, n] = pm[n] * scale[n] * kf  # keep folded in
-                    if i == 0:
+                        gA_[n] = _ZERO
+                    gD_acc = 0.0
+                    gb_acc = 0.0
+                    for t in range(t1 - 1, t0 - 1, -1):
+                        i = t - t0
+                        j = t - s0  # position in the span buffers
+                        dt = dtb[i]
+                        uu = u[b, d, t]
+                        dtu = dt * uu
+                        go = gout[b, d, t]
+                        gy = go
+                        if has_z:
+                            zz = z[b, d, t]
+                            sz = zsig[i]
+                            gy = go * zz * sz
+                            acc = _ZERO
+                            for n in range(N):
+                                acc += h_[i + 1, n] * Ct[b, g, t, n]
+                            y = acc + Dd * uu
+                            gz[b, d, t] = go * y * sz * (_ONE + zz * (_ONE - sz))
+                        s_bu = _ZERO  # sum_n g_n B_n
+                        s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
                         for n in range(N):
-                            h_[0, n] = a_[0, n] * saved[c, b, d, n] + dtu * Bt[b, g, t, n]
-                    else:
-                        for n in range(N):
-                            h_[i, n] = a_[i, n] * h_[i - 1, n] + dtu * Bt[b, g, t, n]
-                # 2) adjoint recurrence, t from t1-1 down to t0
-                gh = carry[b, d]  # (N,) view: dL/dh_t accumulated from the future
-                for n in range(N):
-                    gA_[n] = _ZERO
-                gD_acc = 0.0
-                gb_acc = 0.0
-                for t in range(t1 - 1, t0 - 1, -1):
-                    i = t - t0
-                    dpre = delta[b, d, t] + bias[d]
-                    dt = _softplus(dpre) if softplus else dpre
-                    uu = u[b, d, t]
-                    dtu = dt * uu
-                    go = gout[b, d, t]
-                    gy = go
-                    if has_z:
-                        zz = z[b, d, t]
-                        sz = _sigmoid(zz)
-                        gy = go * zz * sz
-                        acc = _ZERO
-                        for n in range(N):
-                            acc += h_[i, n] * Ct[b, g, t, n]
-                        y = acc + D[d] * uu
-                        gz[b, d, t] = go * y * sz * (_ONE + zz * (_ONE - sz))
-                    s_bu = _ZERO  # sum_n g_n B_n
-                    s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n  (= d/d dt through exp)
+                            gn = gh[n] + gy * Ct[b, g, t, n]
+                            gCp[p, b, g, j, n] += gy * h_[i + 1, n]
+                            gBp[p, b, g, j, n] += gn * dtu
+                            s_bu += gn * Bt[b, g, t, n]
+                            ga = gn * h_[i, n] * a_[i, n]  # h_[i] is h_{t-1}
+                            s_ga += ga * Ad[n]
+                            gA_[n] += ga * dt
+                            gh[n] = gn * a_[i, n]
+                        gdt = s_ga + s_bu * uu
+                        gu[b, d, t] = s_bu * dt + gy * Dd
+                        if softplus:
+                            gdt = gdt * dsig[i]
+                        gdelta[b, d, t] = gdt
+                        gD_acc += gy * uu
+                        gb_acc += gdt
                     for n in range(N):
-                        gn = gh[n] + gy * Ct[b, g, t, n]
-                        hp = h_[i - 1, n] if i > 0 else saved[c, b, d, n]
-                        gCp[p, b, g, i, n] += gy * h_[i, n]
-                        gBp[p, b, g, i, n] += gn * dtu
-                        s_bu += gn * Bt[b, g, t, n]
-                        ga = gn * hp * a_[i, n]
-                        s_ga += ga * Ad[n]
-                        gA_[n] += ga * dt
-                        gh[n] = gn * a_[i, n]
-                    gdt = s_ga + s_bu * uu
-                    gu[b, d, t] = s_bu * dt + gy * D[d]
-                    if softplus:
-                        gdt = gdt * _sigmoid(dpre)
-                    gdelta[b, d, t] = gdt
-                    gD_acc += gy * uu
-                    gb_acc += gdt
-                for n in range(N):
-                    gA64[b, d, n] += gA_[n]
-                gD64[b, d] += gD_acc
-                gbias64[b, d] += gb_acc
-        # 3) add the threads' shares of dB, dC for this chunk (fixed order) and reset them
-        n_rows = batch * G
-        for r in prange(n_rows):
-            b = r // G
-            g = r - b * G
-            for i in range(t1 - t0):
+                        gA64[b, d, n] += gA_[n]
+                    gD64[b, d] += gD_acc
+                    gbias64[b, d] += gb_acc
+        # 3) add the threads' shares of dB, dC for this span (fixed order), reset them
+        for r in prange(batch * G * n_blk):
+            b = r // (G * n_blk)
+            g = (r // n_blk) % G
+            j0 = (r % n_blk) * RB
+            j1 = min(j0 + RB, s1 - s0)
+            for j in range(j0, j1):
                 for n in range(N):
                     sB = _ZERO
                     sC = _ZERO
                     for p in range(n_parts):
-                        sB += gBp[p, b, g, i, n]
-                        sC += gCp[p, b, g, i, n]
-                        gBp[p, b, g, i, n] = _ZERO
-                        gCp[p, b, g, i, n] = _ZERO
-                    gBt[b, g, t0 + i, n] = sB
-                    gCt[b, g, t0 + i, n] = sC
+                        sB += gBp[p, b, g, j, n]
+                        sC += gCp[p, b, g, j, n]
+                        gBp[p, b, g, j, n] = _ZERO
+                        gCp[p, b, g, j, n] = _ZERO
+                    gBt[b, g, s0 + j, n] = sB
+                    gCt[b, g, s0 + j, n] = sC
 
 
 # ----------------------------------------------------------------------------- host side
@@ -328,6 +390,13 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 def _n_parts(channels: int) -> int:
     """Blocks of channels the kernels split the work into: one per numba thread."""
     return max(1, min(numba.get_num_threads(), channels))
+
+
+def _span(chunk: int, rows: int, L: int) -> int:
+    """Positions between the backward's barriers: a multiple of `chunk`, with each thread's
+    dB/dC share (rows = batch*groups*N floats per position, two of them) <= ~1 MB."""
+    per = max(1, (1 << 17) // max(rows, 1) // chunk)
+    return chunk * max(1, min(per, (L + chunk - 1) // chunk))
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -447,7 +516,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
                 _np(P.bias), _np(P.keep), _np(ctx.saved_states), _np(gout),
                 _np(gu), _np(gdelta), _np(gz), _np(gBt), _np(gCt), _np(gA64), _np(gD64),
                 _np(gb64), _np(carry),
-                P.has_z, P.has_keep, ctx.softplus, int(ctx.chunk), _n_parts(batch * dim),
+                P.has_z, P.has_keep, ctx.softplus, int(ctx.chunk),
+                _span(ctx.chunk, batch * G * N, L), _n_parts(batch * dim),
             )
         ctx.P = ctx.saved_states = None  # free early
 
