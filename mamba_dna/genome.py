@@ -906,24 +906,46 @@ class GenomeWindows:
 
     def windows_in(self, seg: Region, starts: Sequence[int]) -> Iterator[Window]:
         """The windows of one planned segment (its sequence is read once, in bulk)."""
-        if not starts:
-            return
+        for tok, sm, st, en, strand in self.window_blocks(seg, starts):
+            for i in range(len(st)):
+                yield Window(tok[i], sm[i], seg.chrom, int(st[i]), int(en[i]), strand[i])
+
+    def window_blocks(self, seg: Region, starts: Sequence[int], max_bytes: int = 1 << 26):
+        """The windows of one segment as arrays, a block at a time (vectorised: no per-window
+        Python). Yields (tokens uint8 (k, L), softmask bool (k, L), start int64 (k,),
+        end int64 (k,), strand list[str] (k,)); with strands="both" each window's reverse
+        complement follows it. Windows with too many N are dropped (counted in n_dropped_n).
+        """
         sp = self.spec
         L = sp.length
-        ids, soft = self.genome.tokens(seg.chrom, seg.start, seg.end)  # (seg_len,) each
-        for s in starts:
-            a = s - seg.start
-            e = min(s + L, seg.end)
-            tok, sm = ids[a : a + L], soft[a : a + L]  # (<= L,)
-            n_real = len(tok)
-            if n_real and np.count_nonzero(tok == N) > sp.max_n_fraction * n_real:
-                self.n_dropped_n += 1
-                continue
-            if n_real < L:
-                tok = np.concatenate([tok, np.full(L - n_real, N, np.uint8)])  # (L,)
-                sm = np.concatenate([sm, np.zeros(L - n_real, bool)])  # (L,)
+        rel = np.asarray(starts, dtype=np.int64) - seg.start  # (k,) window starts in the segment
+        if not len(rel):
+            return
+        ids, soft = self.genome.tokens(seg.chrom, seg.start, seg.end)  # (n,) each
+        n = len(ids)
+        ends = np.minimum(rel + L, n)  # (k,) end of the real bases
+        n_cum = np.concatenate([[0], np.cumsum(ids == N)])  # (n + 1,) N count prefix sums
+        keep = (n_cum[ends] - n_cum[rel]) <= sp.max_n_fraction * (ends - rel)
+        self.n_dropped_n += int(np.count_nonzero(~keep))
+        rel, ends = rel[keep], ends[keep]
+        if not len(rel):
+            return
+        pad = max(0, int(rel.max()) + L - n)  # N padding after the segment's last base
+        if pad:
+            ids = np.concatenate([ids, np.full(pad, N, np.uint8)])  # (n + pad,)
+            soft = np.concatenate([soft, np.zeros(pad, bool)])
+        tok_view = np.lib.stride_tricks.sliding_window_view(ids, L)  # (n + pad - L + 1, L) view
+        sm_view = np.lib.stride_tricks.sliding_window_view(soft, L)
+        per_block = max(1, max_bytes // (2 * L))
+        for b in range(0, len(rel), per_block):
+            r = rel[b : b + per_block]
+            tok, sm = tok_view[r], sm_view[r]  # (k, L) copies
+            st, en = r + seg.start, ends[b : b + per_block] + seg.start
+            if sp.strands == "both":  # interleave: +, -, +, - ...
+                k = len(r)
+                tok = np.stack([tok, reverse_complement(tok)], axis=1).reshape(2 * k, L)
+                sm = np.stack([sm, sm[:, ::-1]], axis=1).reshape(2 * k, L)
+                st, en = np.repeat(st, 2), np.repeat(en, 2)
+                yield tok, sm, st, en, ["+", "-"] * k
             else:
-                tok, sm = tok.copy(), sm.copy()
-            yield Window(tok, sm, seg.chrom, s, e, "+")
-            if sp.strands == "both":
-                yield Window(reverse_complement(tok), sm[::-1].copy(), seg.chrom, s, e, "-")
+                yield tok, sm, st, en, ["+"] * len(r)

@@ -64,10 +64,11 @@ class _NpyRowWriter:
             self.fh, {"descr": "|u1", "fortran_order": False, "shape": (rows, self.width)}
         )
 
-    def append(self, row: np.ndarray) -> None:
-        assert row.dtype == np.uint8 and row.shape == (self.width,)
-        self.fh.write(row.tobytes())
-        self.rows += 1
+    def append(self, rows: np.ndarray) -> None:
+        """Append a block of rows: uint8 (k, width)."""
+        assert rows.dtype == np.uint8 and rows.ndim == 2 and rows.shape[1] == self.width
+        self.fh.write(np.ascontiguousarray(rows).data)
+        self.rows += rows.shape[0]
 
     def close(self) -> None:
         self.fh.seek(0)
@@ -142,22 +143,22 @@ def write_shards(
         for w in idx_w.values():
             w.writerow(["source", "record", "start", "end", "strand"])
         try:
-            with log.progress("tokenizing", total=len(genomes), unit="files") as prog:
+            planned = sum(seg.end - seg.start for ws in filter(None, window_sets) for seg, _, _ in ws.plan())
+            with log.progress("tokenizing", total=round(planned / 1e6, 1), unit="Mb") as prog:
                 for src, ws in enumerate(window_sets):
                     if ws is None:
-                        prog.advance(1)
                         continue
                     for seg, split, starts in ws.plan():
+                        prog.advance(round((seg.end - seg.start) / 1e6, 3), note=f"{Path(fastas[src]).name} {seg.chrom}")
                         if split not in counts:
                             continue
-                        for win in ws.windows_in(seg, starts):
-                            tok_w[split].append(win.tokens)  # (L,) uint8
-                            sm_w[split].append(
-                                np.packbits(win.softmask, bitorder="little")  # (ceil(L/8),)
+                        for tok, sm, st, en, strand in ws.window_blocks(seg, starts):
+                            tok_w[split].append(tok)  # (k, L) uint8
+                            sm_w[split].append(np.packbits(sm, axis=1, bitorder="little"))  # (k, L/8)
+                            idx_w[split].writerows(
+                                zip([src] * len(st), [seg.chrom] * len(st), st.tolist(), en.tolist(), strand, strict=True)
                             )
-                            idx_w[split].writerow([src, win.chrom, win.start, win.end, win.strand])
-                            counts[split] += 1
-                    prog.advance(1, note=Path(fastas[src]).name)
+                            counts[split] += len(st)
         finally:
             for w in (*tok_w.values(), *sm_w.values()):
                 w.close()
@@ -185,6 +186,8 @@ def write_shards(
         for f in (tmp, *tmp.iterdir()):  # mkdtemp/mkstemp create 0700/0600
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
     dt = time.time() - t0
+    if manifest["n_invalid_mapped_to_N"]:
+        log.info(f"mapped {manifest['n_invalid_mapped_to_N']:,} invalid characters to N (--invalid N)")
     log.info(
         f"wrote {out_dir}: "
         + ", ".join(f"{s} {n:,}" for s, n in counts.items())

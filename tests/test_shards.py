@@ -90,6 +90,10 @@ def test_existing_output_needs_overwrite(fastas, tmp_path):
         write_shards(fastas[:1], out, WindowSpec(**SPEC))
     m = write_shards(fastas[:1], out, WindowSpec(**{**SPEC, "length": 128}), overwrite=True)
     assert ShardDataset(out, "train").window_length == 128 == m["window"]["length"]
+    m = write_shards(fastas[:1], out, WindowSpec(**{**SPEC, "val_fraction": 0, "test_fraction": 0}),
+                     overwrite=True)
+    empty = ShardDataset(out, "val")  # an empty split still opens (0 windows)
+    assert len(empty) == 0 == m["counts"]["val"] and empty.batch([])[0].shape == (0, 256)
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
