@@ -481,13 +481,14 @@ def _forward(P: _Prepared, initial_state, softplus: bool, save: bool, chunk: int
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
-                delta_softplus, chunk):
+                delta_softplus, chunk, span):
         P = _Prepared(u, delta, A, B, C, D, z, delta_bias, seq_idx)
         out, last, saved = _forward(P, initial_state, delta_softplus, True, chunk)
         ctx.P = P
         ctx.saved_states = saved
         ctx.softplus = bool(delta_softplus)
         ctx.chunk = chunk
+        ctx.span = span
         ctx.meta = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype,
                     None if D is None else D.dtype, None if z is None else z.dtype,
                     None if delta_bias is None else delta_bias.dtype,
@@ -517,7 +518,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
                 _np(gu), _np(gdelta), _np(gz), _np(gBt), _np(gCt), _np(gA64), _np(gD64),
                 _np(gb64), _np(carry),
                 P.has_z, P.has_keep, ctx.softplus, int(ctx.chunk),
-                _span(ctx.chunk, batch * G * N, L), _n_parts(batch * dim),
+                ctx.span or _span(ctx.chunk, batch * G * N, L), _n_parts(batch * dim),
             )
         ctx.P = ctx.saved_states = None  # free early
 
@@ -537,7 +538,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             gz.to(dz_) if (dz_ is not None and need[6]) else None,
             gb64.sum(0).to(dbias_) if (dbias_ is not None and need[7]) else None,
             carry.to(dinit_) if (dinit_ is not None and need[8]) else None,
-            None, None, None,
+            None, None, None, None,
         )
 
 
@@ -556,12 +557,15 @@ def selective_scan_cpu(
     seq_idx=None,
     *,
     chunk: int = DEFAULT_CHUNK,
+    span: int | None = None,
 ):
     """Selective scan on CPU tensors; `selective_scan_ref`'s contract (kernels/reference.py).
 
     Returns out (batch, dim, L) in u's dtype [, last_state (batch, dim, N) float32].
     Differentiable in u, delta, A, B, C, D, z, delta_bias and initial_state.
-    `chunk`: positions per recomputation chunk (memory dim*L*N/chunk for the saved states).
+    `chunk`: positions per recomputation chunk (memory dim*L*N/chunk for the saved states);
+    `span`: positions between the backward's thread barriers (a multiple of `chunk`;
+    default: each thread's dB/dC share <= ~1 MB). Both only change speed and memory.
     """
     if u.device.type != "cpu":
         # No numba on accelerators: the sequential reference keeps the contract there.
@@ -572,8 +576,8 @@ def selective_scan_cpu(
                                   seq_idx=seq_idx)
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, dim, L), got {tuple(u.shape)}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if chunk < 1 or (span is not None and (span < chunk or span % chunk)):
+        raise ValueError(f"need chunk >= 1 and span a multiple of chunk; got {chunk}, {span}")
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors
@@ -581,7 +585,7 @@ def selective_scan_cpu(
     if needs_grad:
         out, last = _SelectiveScanCPU.apply(
             u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
-            bool(delta_softplus), int(chunk),
+            bool(delta_softplus), int(chunk), span,
         )
     else:
         P = _Prepared(u, delta, A, B, C, D, z, delta_bias, seq_idx)

@@ -50,36 +50,40 @@ def selective_scan_ref(
     initial_state=None,
     seq_idx=None,
 ):
-    """Sequential reference; differentiable through autograd (including initial_state)."""
+    """Sequential reference; differentiable through autograd (including initial_state).
+
+    Computes in float32, or in float64 when u is float64 (for gradcheck).
+    """
     dtype_in = u.dtype
+    ct = torch.float64 if dtype_in == torch.float64 else torch.float32  # compute dtype
     batch, dim, L = u.shape
-    u = u.float()
-    delta = delta.float()
+    u = u.to(ct)
+    delta = delta.to(ct)
     if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
+        delta = delta + delta_bias[..., None].to(ct)
     if delta_softplus:
         delta = F.softplus(delta)
-    A = A.float()
-    Bx = _expand_groups(B.float(), dim)  # (batch, dim|1, N, L)
-    Cx = _expand_groups(C.float(), dim)  # (batch, dim|1, N, L)
+    A = A.to(ct)
+    Bx = _expand_groups(B.to(ct), dim)  # (batch, dim|1, N, L)
+    Cx = _expand_groups(C.to(ct), dim)  # (batch, dim|1, N, L)
     N = A.shape[1]
     if initial_state is not None:
-        x = initial_state.float()  # (batch, dim, N)
+        x = initial_state.to(ct)  # (batch, dim, N)
     else:
         x = u.new_zeros(batch, dim, N)
     ys = []
     for t in range(L):
         if seq_idx is not None and t > 0:
-            keep = (seq_idx[:, t] == seq_idx[:, t - 1]).float()[:, None, None]  # (batch,1,1)
+            keep = (seq_idx[:, t] == seq_idx[:, t - 1]).to(ct)[:, None, None]  # (batch,1,1)
             x = x * keep
         dA = torch.exp(delta[:, :, t, None] * A)  # (batch, dim, N)
         dBu = delta[:, :, t, None] * Bx[..., t] * u[:, :, t, None]  # (batch, dim, N)
         x = dA * x + dBu
         ys.append((x * Cx[..., t]).sum(-1))  # (batch, dim)
     y = torch.stack(ys, dim=-1) if L else u.new_zeros(batch, dim, 0)  # (batch, dim, L)
-    out = y if D is None else y + u * D.float()[:, None]
+    out = y if D is None else y + u * D.to(ct)[:, None]
     if z is not None:
-        out = out * F.silu(z.float())
+        out = out * F.silu(z.to(ct))
     out = out.to(dtype_in)
     return (out, x) if return_last_state else out
 
