@@ -28,7 +28,10 @@ Design
   (one extra exp2 per element instead of a shuffle through shared memory). With
   a_t h_{t-1} = h_t - b_t no shifted state is needed. dA, dB, dC, dD, d delta_bias are
   reductions over channels or batch: each program writes its partial sums to its own slot
-  of a partial buffer that a torch sum reduces afterwards (deterministic, no atomics).
+  of a partial buffer that a torch sum reduces afterwards (deterministic, no atomics). The
+  dB/dC partial buffer holds one (N, L) slot per channel block; past PARTIAL_MAX_BYTES
+  (long L, many blocks) dB/dC switch to fp32 atomics into one slot per (batch, group),
+  as mamba_ssm's CUDA kernel always does.
 * All pointer offsets are int64: program ids, channel and position indices are cast to
   tl.int64 before they meet a stride (mamba_ssm's int32 offsets overflow past 2^31
   elements, its issues #884 and #1015). tests/kernels/test_triton_compile.py checks the
@@ -57,6 +60,9 @@ FWD_DEFAULT = {"BLOCK_D": 4, "num_warps": 4}
 # Upper bound on elements of a (BLOCK_D, CHUNK, N_P) tile, per kernel (register budget).
 FWD_TILE_MAX = 8192
 BWD_TILE_TARGET = 2048
+# dB/dC partial buffers (one (N, L) slot per channel block) larger than this switch to fp32
+# atomics into one slot per (batch, group): deterministic when it fits, bounded memory when not.
+PARTIAL_MAX_BYTES = 1 << 30
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -189,12 +195,13 @@ def _scan_bwd_kernel(
     s_lb, s_ld, s_ln,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr,
-    HAS_DLAST: tl.constexpr,
+    HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, N_P: tl.constexpr,
 ):
     """Reverse walk over chunks. Outputs du, ddelta, dz (batch, dim, L) contiguous; dh0
     (batch, dim, N); partials: dA/dD/dbias per batch row (batch, dim[, N]), dB/dC per
-    channel block (batch, G, n_dblk, N, L)."""
+    channel block (batch, G, n_dblk, N, L), or (batch, G, 1, N, L) accumulated with fp32
+    atomics when ATOMIC_BC."""
     pid = tl.program_id(0).to(tl.int64)
     n_dblk = tl.cdiv(dpg, BLOCK_D)
     blk = pid % n_dblk
@@ -235,7 +242,10 @@ def _scan_bwd_kernel(
     # Outputs du / ddelta / dz are contiguous (batch, dim, L); partials contiguous.
     dim = dpg * G
     o_base = b * dim * L + d[:, None] * L  # (BLOCK_D, 1)
-    part = ((b * G + g) * n_dblk + blk) * N * L  # this program's dB/dC slot
+    if ATOMIC_BC:  # one (N, L) slot per (batch, group), fp32 atomics across channel blocks
+        part = (b * G + g) * N * L
+    else:  # this program's own (N, L) slot: deterministic
+        part = ((b * G + g) * n_dblk + blk) * N * L
     for i in range(0, n_chunks):
         c = pid * 0 + (n_chunks - 1 - i)  # int64 chunk index, last to first
         t = c * CHUNK + tt  # (CHUNK,)
@@ -323,8 +333,12 @@ def _scan_bwd_kernel(
         dB = tl.sum(Gs * ub, axis=0)  # (CHUNK, N_P): summed over this block's channels
         dC = tl.sum(hs * dy[:, :, None], axis=0)  # (CHUNK, N_P)
         p_off = part + n[None, :] * L + t[:, None]  # (CHUNK, N_P) in the (N, L) slot
-        tl.store(dB_part + p_off, dB, mask=tnn_mask)
-        tl.store(dC_part + p_off, dC, mask=tnn_mask)
+        if ATOMIC_BC:
+            tl.atomic_add(dB_part + p_off, dB, mask=tnn_mask, sem="relaxed")
+            tl.atomic_add(dC_part + p_off, dC, mask=tnn_mask, sem="relaxed")
+        else:
+            tl.store(dB_part + p_off, dB, mask=tnn_mask)
+            tl.store(dC_part + p_off, dC, mask=tnn_mask)
 
     if HAS_H0:
         tl.store(dh0_ptr + b * dim * N + d[:, None] * N + n[None, :], dh0, mask=dn_mask)
@@ -481,11 +495,14 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
 
 
 def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-             initial_state, seq_idx, states, chunk=DEFAULT_CHUNK):
+             initial_state, seq_idx, states, chunk=DEFAULT_CHUNK,
+             partial_max_bytes=None):
     """Backward launcher: dout (batch, dim, L), dlast (batch, dim, N) or None, the forward's
     inputs and its boundary states (batch, dim, n_chunks + 1, N). Returns gradients
     (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state), each in its input's
-    dtype and shape (None where the input is None)."""
+    dtype and shape (None where the input is None). dB/dC are reduced over channel blocks
+    through a partial buffer when it takes at most `partial_max_bytes` (default
+    PARTIAL_MAX_BYTES; bit-reproducible), else with fp32 atomics."""
     G = _check(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -501,7 +518,9 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     dz = torch.zeros_like(du) if z is not None else None
     dh0 = torch.zeros((batch, dim, N), device=dev, dtype=f32)
     dA_p = torch.zeros((batch, dim, N), device=dev, dtype=f32)
-    dB_p = torch.zeros((batch, G, n_dblk, N, L), device=dev, dtype=f32)
+    cap = PARTIAL_MAX_BYTES if partial_max_bytes is None else partial_max_bytes
+    atomic = n_dblk > 1 and 2 * 4 * batch * G * n_dblk * N * L > cap
+    dB_p = torch.zeros((batch, G, 1 if atomic else n_dblk, N, L), device=dev, dtype=f32)
     dC_p = torch.zeros_like(dB_p)
     dD_p = torch.zeros((batch, dim), device=dev, dtype=f32)
     dbias_p = torch.zeros_like(dD_p)
@@ -522,6 +541,7 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
         )
         flags = _flags(D, z, delta_bias, delta_softplus, initial_state, seq_idx, chunk, n_p)
         flags["HAS_DLAST"] = dlast is not None
+        flags["ATOMIC_BC"] = atomic
         grid = (batch * G * n_dblk,)
         if INTERPRET:
             _scan_bwd[grid](*args, **flags, BLOCK_D=bd, num_warps=4)
