@@ -489,7 +489,7 @@ def run(cfg: ScoreConfig, scorer=None) -> Summary:
             f"window={cfg.window} shard={shard_i}/{shard_n} region={cfg.region or 'all'}")
     if kind == "vcf":
         writer = VcfWriter(cfg.out, reader.meta, reader.columns, [infos[c] for c in cols] + [status_info],
-                           extra_meta=[f"##mamba-dna_score=<{prov}>"])
+                           extra_meta=[f"##mamba-dna_score={prov}"])
     else:
         writer = TsvWriter(cfg.out, [*cols, "status", *[k.lower() for k in cfg.tsv_info]], comment=prov)
 
@@ -687,9 +687,11 @@ def read_scored(path: str) -> list[dict]:
         for row in rows:
             out.append(dict(zip(header, row, strict=True)))
         return out
-    for rec in VcfReader(path):
+    rd = VcfReader(path)
+    keys = [m.split("ID=", 1)[1].split(",", 1)[0] for m in rd.meta if m.startswith("##INFO=<ID=MDNA_")]
+    for rec in rd:
         info = rec.info
-        per = {}
+        per = {k[5:].lower(): [] for k in keys}  # fields absent from a record: missing (".")
         for key, v in info.items():
             if key.startswith("MDNA_") and isinstance(v, str):
                 per[key[5:].lower()] = v.split(",")
