@@ -934,12 +934,18 @@ class GenomeWindows:
         if pad:
             ids = np.concatenate([ids, np.full(pad, N, np.uint8)])  # (n + pad,)
             soft = np.concatenate([soft, np.zeros(pad, bool)])
-        tok_view = np.lib.stride_tricks.sliding_window_view(ids, L)  # (n + pad - L + 1, L) view
-        sm_view = np.lib.stride_tricks.sliding_window_view(soft, L)
+        if len(rel) == 1:  # common for short records: no strided views needed
+            a = int(rel[0])
+            tok_view, sm_view = ids[None, a : a + L], soft[None, a : a + L]  # (1, L)
+            row0 = a  # row r of the view is the window starting at r + row0
+        else:
+            tok_view = np.lib.stride_tricks.sliding_window_view(ids, L)  # (n + pad - L + 1, L)
+            sm_view = np.lib.stride_tricks.sliding_window_view(soft, L)
+            row0 = 0
         per_block = max(1, max_bytes // (2 * L))
         for b in range(0, len(rel), per_block):
             r = rel[b : b + per_block]
-            tok, sm = tok_view[r], sm_view[r]  # (k, L) copies
+            tok, sm = tok_view[r - row0], sm_view[r - row0]  # (k, L) copies
             st, en = r + seg.start, ends[b : b + per_block] + seg.start
             if sp.strands == "both":  # interleave: +, -, +, - ...
                 k = len(r)

@@ -127,12 +127,12 @@ def write_shards(
         GenomeWindows(g, **_window_kw(spec), regions=rs) if rs is None or len(rs) else None
         for g, rs in zip(genomes, per_file, strict=True)
     ]
+    plans = [list(ws.plan()) if ws else [] for ws in window_sets]  # (segment, split, starts)
     # Upper bounds per split (before the N filter), for the .npy headers.
     bounds = dict.fromkeys(SPLITS, 0)
-    for ws in filter(None, window_sets):
-        k = 2 if spec.strands == "both" else 1
-        for _seg, split, starts in ws.plan():
-            bounds[split] += k * len(starts)
+    for plan in plans:
+        for _seg, split, starts in plan:
+            bounds[split] += (2 if spec.strands == "both" else 1) * len(starts)
     total_bases = sum(g.total_length for g in genomes)
     counts = dict.fromkeys(splits, 0)
     with atomic_dir(out_dir) as tmp:
@@ -143,20 +143,22 @@ def write_shards(
         for w in idx_w.values():
             w.writerow(["source", "record", "start", "end", "strand"])
         try:
-            planned = sum(seg.end - seg.start for ws in filter(None, window_sets) for seg, _, _ in ws.plan())
+            names = [Path(f).name for f in fastas]
+            planned = sum(seg.end - seg.start for plan in plans for seg, _, _ in plan)
             with log.progress("tokenizing", total=round(planned / 1e6, 1), unit="Mb") as prog:
                 for src, ws in enumerate(window_sets):
                     if ws is None:
                         continue
-                    for seg, split, starts in ws.plan():
-                        prog.advance(round((seg.end - seg.start) / 1e6, 3), note=f"{Path(fastas[src]).name} {seg.chrom}")
+                    for seg, split, starts in plans[src]:
+                        prog.advance(round((seg.end - seg.start) / 1e6, 3), note=f"{names[src]} {seg.chrom}")
                         if split not in counts:
                             continue
                         for tok, sm, st, en, strand in ws.window_blocks(seg, starts):
                             tok_w[split].append(tok)  # (k, L) uint8
                             sm_w[split].append(np.packbits(sm, axis=1, bitorder="little"))  # (k, L/8)
+                            k = len(st)
                             idx_w[split].writerows(
-                                zip([src] * len(st), [seg.chrom] * len(st), st.tolist(), en.tolist(), strand, strict=True)
+                                zip([src] * k, [seg.chrom] * k, st.tolist(), en.tolist(), strand, strict=True)
                             )
                             counts[split] += len(st)
         finally:
