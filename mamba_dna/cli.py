@@ -287,6 +287,7 @@ def score(
     region: str = typer.Option(None, "--region", help="chrom:start-end (1-based, inclusive)."),
     shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's records."),
     tsv_info: str = typer.Option("", "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
+    context: int = typer.Option(None, "--context", help="Upstream bp streamed before a contig's first variant [whole contig]."),
     batch_size: int = typer.Option(32, "--batch-size", help="ALT re-runs per model call."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
@@ -304,7 +305,7 @@ def score(
         raise ConfigError(f"score: missing {', '.join(missing)}", hint="see `mamba-dna score --help`")
     cfg = ScoreConfig(vcf=vcf, fasta=fasta, model=model, out=out, scores=tuple(scores.split(",")),
                       window=window, strict=strict, chrom_alias=chrom_alias, region=region,
-                      shard=shard, batch_size=batch_size, device=device,
+                      shard=shard, context=context, batch_size=batch_size, device=device,
                       tsv_info=tuple(k for k in tsv_info.split(",") if k))
     run(cfg)
     if out != "-":
@@ -343,6 +344,97 @@ def score_eval(
 
     r = evaluate_labelled(scored, truth, label, metric=metric, score=column, positive=positive)
     typer.echo("\t".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+
+
+classify_app = typer.Typer(
+    help="Species (or any label) from genome windows: model embeddings beside a k-mer baseline.",
+    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(classify_app, name="classify")
+
+
+@classify_app.command("train")
+def classify_train(
+    labels: str = typer.Option(..., "--labels", help="TSV: 'file' column + label columns."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (classifiers, report)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory [k-mer baseline only]."),
+    label_column: str = typer.Option("species", "--label-column", help="Column holding the label."),
+    group: str = typer.Option(None, "--group", help="Keep rows whose 'group' column equals this."),
+    include: str = typer.Option(None, "--include", help="Regex on file path or label: keep matches."),
+    label_from_record: str = typer.Option(None, "--label-from-record",
+                                          help="Regex with one group on record names, e.g. '_(DENV[1-4])$'."),
+    window: int = typer.Option(4096, "--window", "-w", help="Window length in bp (<= 2^20)."),
+    split_by: str = typer.Option("block", "--split-by", help="record | block | file (hold out files)."),
+    block: int = typer.Option(0, "--block", help="Block size for block/file splits [--window]."),
+    per_class: int = typer.Option(64, "--per-class", help="Train windows per class (val/test: half)."),
+    max_length: int = typer.Option(1 << 20, "--max-length", help="Longest window in the length table."),
+    pool: str = typer.Option("mean", "--pool", help="mean | last | max."),
+    layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [final norm]."),
+    rc_average: bool = typer.Option(False, "--rc-average", help="Average both strands."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Train + test a window classifier and the k-mer baseline on the same split; write a report.
+
+    Example:  mamba-dna classify train --labels species/labels.tsv --group bacteria --split-by file --window 4096 --model models/m --out cls/bacteria
+    """
+    from mamba_dna.pipelines.classify import ClassifyConfig, format_report, run_train
+
+    cfg = ClassifyConfig(labels=labels, out=out, model=model, label_column=label_column,
+                         group=group, include=include, label_from_record=label_from_record,
+                         window=window, split_by=split_by, block=block, per_class=per_class,
+                         max_length=max_length, pool=pool, layer=layer, rc_average=rc_average,
+                         seed=seed, device=device)
+    typer.echo(format_report(run_train(cfg)))
+
+
+@classify_app.command("predict")
+def classify_predict(
+    fasta: list[str] = typer.Argument(..., help="FASTA files to classify."),
+    classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model or OUT/kmer from train."),
+    window: int = typer.Option(None, "--window", "-w", help="Window length [the training one]."),
+    aggregate: str = typer.Option("mean", "--aggregate", help="Per record: mean probability | majority."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the TSV here."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Classify tiled windows of each record and aggregate per record; prints TSV.
+
+    Example:  mamba-dna classify predict new_genome.fna.gz --classifier cls/bacteria/model --out pred.tsv
+    """
+    from mamba_dna.pipelines.classify import predict_files, write_predictions
+
+    rows = predict_files(classifier, fasta, window=window, aggregate=aggregate, device=device)
+    typer.echo(write_predictions(rows, out), nl=False)
+
+
+@classify_app.command("evaluate")
+def classify_evaluate(
+    labels: str = typer.Option(..., "--labels", help="TSV of labelled FASTA files."),
+    classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model or OUT/kmer from train."),
+    label_column: str = typer.Option("species", "--label-column"),
+    group: str = typer.Option(None, "--group"),
+    include: str = typer.Option(None, "--include"),
+    label_from_record: str = typer.Option(None, "--label-from-record"),
+    window: int = typer.Option(None, "--window", "-w"),
+    aggregate: str = typer.Option("mean", "--aggregate"),
+    out: str = typer.Option(None, "--out", "-o", help="Per-record predictions TSV."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Per-record accuracy of a trained classifier on labelled files (confusion on stdout).
+
+    Example:  mamba-dna classify evaluate --labels new_labels.tsv --classifier cls/bacteria/kmer
+    """
+    from mamba_dna.pipelines.classify import confusion_text, evaluate, write_predictions
+
+    r = evaluate(classifier, labels, label_column=label_column, group=group, include=include,
+                 label_from_record=label_from_record, window=window, aggregate=aggregate,
+                 device=device)
+    if out:
+        write_predictions(r["rows"], out)
+    m = r["metrics"]
+    typer.echo(f"records {m['n']}  accuracy {m['accuracy']:.3f}  balanced accuracy "
+               f"{m['balanced_accuracy']:.3f}")
+    typer.echo(confusion_text(m))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -297,3 +297,23 @@ def test_real_mtdna_set_markov_is_near_chance(tmp_path):
     r = evaluate_labelled(str(out), str(d / "mt_labeled_pathogenic_vs_common.vcf.gz"), "Y")
     assert r["n"] == 437 and 0.35 < r["value"] < 0.65  # FACTS.md: k-mer statistics are at chance here
     assert len(list(VcfReader(d / "mt_labeled_pathogenic_vs_common.vcf.gz"))) == 437
+
+
+def test_context_option_equals_scoring_the_trimmed_contig():
+    rng = np.random.default_rng(5)
+    x = rng.integers(4, 8, 600).astype(np.uint8)
+    net = _tiny_mamba(2)
+    starts = [250, 260, 300, 347]
+    refs = [x[p : p + 1] for p in starts]
+    alts = [np.array([4 + (int(r[0]) - 3) % 4], np.uint8) for r in refs]
+    C, block = 50, 8
+    got = score_contig(net, x, starts, refs, alts, window=40, block=block, context=C)
+    # forward pass starts at 200 (block-aligned 250 - 50); reverse at 600 - 348 - 50 -> 200
+    lo, hi = 200, 600 - 200
+    want = score_contig(net, x[lo:hi], [p - lo for p in starts], refs, alts, window=40, block=block)
+    for c in ("llr", "dll", "dll_norm"):
+        np.testing.assert_allclose(got[c], want[c], rtol=1e-5, atol=1e-5)
+    markov = MarkovModel(3).fit([x])
+    a = score_contig(markov, x, starts, refs, alts, window=40, block=block, context=C)
+    b = score_contig(markov, x, starts, refs, alts, window=40, block=block)
+    np.testing.assert_allclose(a["dll"], b["dll"], rtol=1e-9)  # finite context >= k: no change
