@@ -287,7 +287,7 @@ def score(
     region: str = typer.Option(None, "--region", help="chrom:start-end (1-based, inclusive)."),
     shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's records."),
     tsv_info: str = typer.Option("", "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
-    context: int = typer.Option(None, "--context", help="Upstream bp streamed before a contig's first variant [whole contig]."),
+    context: int = typer.Option(None, "--context", help="Upstream bp streamed before a contig's first variant (default: whole contig)."),
     batch_size: int = typer.Option(32, "--batch-size", help="ALT re-runs per model call."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:

@@ -1,0 +1,206 @@
+"""Variant scoring speed (ours vs the naive per-variant method) and zero-shot metrics.
+
+    .venv/bin/python bench/score.py                  # speed table + labelled metrics (Markov)
+    .venv/bin/python bench/score.py --model DIR      # metrics of a trained model as well
+    .venv/bin/python bench/score.py --quick          # smaller subsamples (a smoke run)
+
+Speed: the same random-init MambaLM (2 layers, d_model 128) for both methods, same machine,
+same run. "naive" is what peers do: for each variant, two forwards over a window of
+`window + 1` bases centred on it (REF haplotype and ALT haplotype), batch 1, one strand; its
+LLR is read at the centre of the REF forward and its DLL is the ALT - REF window sum. The
+naive method is timed on a random subsample of variants and extrapolated linearly to the whole
+set (it is too slow to run on all: the table says how many were timed). Ours: LLR over the
+whole set (one streaming pass per strand); DLL (with LLR) timed on a subsample and
+extrapolated as pass time + per-variant re-run time x N. Ours scores both strands; the naive
+method one. Every timing is the minimum of `--repeats` runs (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/tokenize.py (the tokenize benchmark) would shadow the standard library's `tokenize`
+# (which torch imports) when this file runs as `python bench/score.py`: drop bench/ from the path
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mamba_dna.pipelines.score import ScoreConfig, evaluate_labelled, run, score_contig  # noqa: E402
+
+from mamba_dna.genome import Genome  # noqa: E402
+from mamba_dna.io.vcf import VcfReader  # noqa: E402
+from mamba_dna.model import MambaConfig, MambaLM  # noqa: E402
+from mamba_dna.tokenizer import encode  # noqa: E402
+
+DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
+V = DATA / "variants"
+SETS = {
+    "sarscov2": (V / "sarscov2_ntfitness/ntmut_fitness.vcf.gz", V / "sarscov2_ntfitness/MN908947_wuhan-hu-1.fasta"),
+    "brca1": (V / "brca1_sge_findlay2018/brca1_sge.vcf.gz", V / "brca1_sge_findlay2018/BRCA1_region_GRCh38.fasta.gz"),
+    "mtdna": (V / "human_mt_mitomap/mt_labeled_pathogenic_vs_common.vcf.gz", V / "human_mt_mitomap/rCRS_MT.fasta"),
+}
+
+
+def load_set(name):
+    vcf, fa = SETS[name]
+    g = Genome(fa, invalid="N")
+    recs = [r for r in VcfReader(vcf) if len(r.alts) == 1 and len(r.ref) == 1 and len(r.alts[0]) == 1]
+    chrom = g.resolve(recs[0].chrom)
+    x, _ = g.tokens(chrom)  # (L,) uint8
+    starts = np.array([r.start for r in recs])
+    refs = [encode(r.ref) for r in recs]
+    alts = [encode(r.alts[0]) for r in recs]
+    return x, starts, refs, alts
+
+
+@torch.inference_mode()
+def naive(model, x, starts, refs, alts, window):
+    """Two centred-window forwards per variant (REF, ALT), batch 1: peers' method."""
+    half = window // 2
+    out = []
+    for p, r, a in zip(starts, refs, alts, strict=True):
+        lo, hi = max(0, p - half), min(x.size, p + half + 1)
+        ref_w = x[lo:hi].astype(np.int64)
+        alt_w = ref_w.copy()
+        alt_w[p - lo] = a[0]
+        tot = []
+        for w in (ref_w, alt_w):
+            lp, _ = model.log_probs(torch.from_numpy(w)[None])  # (1, len, 4)
+            lp = lp[0].double()
+            tgt = torch.from_numpy(w[1:] - 4)
+            tot.append(float(lp[:-1].gather(1, tgt[:, None]).sum()))
+            if w is ref_w:
+                row = lp[p - lo - 1]
+                llr = float(row[int(a[0]) - 4] - row[int(r[0]) - 4])
+        out.append((llr, tot[1] - tot[0]))
+    return out
+
+
+def best_of(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def _one_set(model, name, ctx, args, rng):
+    """Timings of one variant set -> table rows."""
+    x, starts, refs, alts = load_set(name)
+    n = len(starts)
+    k_naive, k_dll = min(n, args.naive_n), min(n, args.dll_n)
+    sub_n = rng.choice(n, k_naive, replace=False)
+    sub_d = rng.choice(n, k_dll, replace=False)
+    kw = dict(window=args.window, context=ctx, batch_size=args.batch_size)
+
+    def ours(idx, want_dll):
+        return score_contig(model, x, starts[idx], [refs[i] for i in idx], [alts[i] for i in idx],
+                            want_dll=want_dll, **kw)
+
+    def peers():
+        return naive(model, x, starts[sub_n], [refs[i] for i in sub_n], [alts[i] for i in sub_n], args.window)
+
+    everything = np.arange(n)
+    t_llr = best_of(lambda: ours(everything, False), args.repeats)
+    t_dll_sub = best_of(lambda: ours(sub_d, True), args.repeats)
+    t_pass_sub = best_of(lambda: ours(sub_d, False), args.repeats)
+    per_var = max(t_dll_sub - t_pass_sub, 0.0) / k_dll
+    t_dll = t_llr + per_var * n  # extrapolated: pass over the whole set + re-runs
+    t_naive = best_of(peers, args.repeats) / k_naive * n
+    ctx_s = "whole contig" if ctx is None else f"{ctx:,} bp"
+    return [
+        (name, n, x.size, "naive (2 windows/variant, 1 strand)", f"{k_naive} timed, extrapolated",
+         t_naive, n / t_naive, None, None),
+        (name, n, x.size, f"ours LLR (2 strands, context {ctx_s})", "all measured",
+         t_llr, n / t_llr, t_naive / t_llr, None),
+        (name, n, x.size, f"ours LLR+DLL (2 strands, context {ctx_s})",
+         f"DLL {k_dll} timed, extrapolated", t_dll, n / t_dll, None, t_naive / t_dll),
+    ]
+
+
+def _x(v):
+    return "" if v is None else f"{v:,.1f}x"
+
+
+def speed(args):
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=128, n_layer=2)).eval()
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, ctx in (("sarscov2", None), ("brca1", args.brca1_context)):
+        rows += _one_set(model, name, ctx, args, rng)
+    print(f"\n## Variant scoring speed: {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"MambaLM 2 layers d_model 128 (random init), window {args.window}, min of {args.repeats} runs\n")
+    print("| set | variants | contig bp | method | measured | time (s) | variants/s | LLR speed-up | DLL speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, n, L, meth, how, t, vps, su_l, su_d in rows:
+        print(f"| {name} | {n:,} | {L:,} | {meth} | {how} | {t:,.1f} | {vps:,.2f} | {_x(su_l)} | {_x(su_d)} |")
+
+
+def metrics(args):
+    out = []
+    specs = [
+        ("brca1", "Y", "auroc", "LOF vs FUNC+INT"),
+        ("mtdna", "Y", "auroc", "pathogenic vs common"),
+        ("sarscov2", "FITNESS", "spearman", "Spearman vs fitness"),
+    ]
+    models = [("markov:6", "markov-6 (fit on the reference)")]
+    if args.model:
+        models.append((args.model, f"model {args.model}"))
+    with tempfile.TemporaryDirectory() as td:
+        for spec, label_m in models:
+            for name, label, metric, what in specs:
+                vcf, fa = SETS[name]
+                dst = str(Path(td) / f"{name}.tsv")
+                t = time.perf_counter()
+                ctx = args.brca1_context if name == "brca1" else None
+                run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=spec, out=dst, window=args.window,
+                                context=ctx))
+                dt = time.perf_counter() - t
+                for col in ("llr", "dll"):
+                    r = evaluate_labelled(dst, str(vcf), label, metric, score=col)
+                    out.append((label_m, name, what, col, r["n"], r["value"], dt))
+    print("\n## Zero-shot metrics on labelled variants (AUROC of -score; Spearman of score)\n")
+    print("| scorer | set | task | score | n | value | run time (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for m, name, what, col, n, v, dt in out:
+        print(f"| {m} | {name} | {what} | {col} | {n:,} | {v:.3f} | {dt:.1f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a trained model directory to evaluate on the labelled sets")
+    ap.add_argument("--window", type=int, default=2000)
+    ap.add_argument("--naive-n", type=int, default=20, help="variants timed for the naive method")
+    ap.add_argument("--dll-n", type=int, default=64, help="variants timed for our DLL")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--brca1-context", type=int, default=65536)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="tiny subsamples, 1 repeat")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-metrics", action="store_true")
+    args = ap.parse_args()
+    if not (V / "sarscov2_ntfitness").is_dir():
+        print(f"shared data not found at {DATA} (set MAMBA_DNA_DATA); nothing to measure")
+        return 0
+    if args.quick:
+        args.naive_n, args.dll_n, args.repeats = 3, 8, 1
+    if not args.skip_speed:
+        speed(args)
+    if not args.skip_metrics:
+        metrics(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
