@@ -16,7 +16,10 @@ run never leaves something that looks like a finished shard directory.
 
 `ResumableSampler` yields batches of window indices; `state_dict()` / `load_state_dict()`
 let a job restarted mid-epoch continue with exactly the same sequence of batches, and
-`rank` / `world_size` give each distributed rank a distinct, deterministic share.
+`rank` / `world_size` give each distributed rank a distinct, deterministic share. The state
+counts batches handed out: save it together with the step that consumed the last of them
+(a torch DataLoader with prefetching draws batches ahead of training; read batches with
+`ShardDataset.batch(indices)` in the training loop instead, it is a memory-map slice).
 """
 
 from __future__ import annotations
