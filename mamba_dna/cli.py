@@ -353,6 +353,17 @@ classify_app = typer.Typer(
 app.add_typer(classify_app, name="classify")
 
 
+def _int_list(text: str | None, opt: str) -> tuple[int, ...] | None:
+    from mamba_dna.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{opt} {text!r}: expected comma-separated integers") from None
+
+
 @classify_app.command("train")
 def classify_train(
     labels: str = typer.Option(..., "--labels", help="TSV: 'file' column + label columns."),
@@ -368,6 +379,7 @@ def classify_train(
     block: int = typer.Option(0, "--block", help="Block size for block/file splits [--window]."),
     per_class: int = typer.Option(64, "--per-class", help="Train windows per class (val/test: half)."),
     max_length: int = typer.Option(1 << 20, "--max-length", help="Longest window in the length table."),
+    lengths: str = typer.Option(None, "--lengths", help="Length table windows, e.g. 1024,4096 [2^10 .. 2^20]."),
     pool: str = typer.Option("mean", "--pool", help="mean | last | max."),
     layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [final norm]."),
     rc_average: bool = typer.Option(False, "--rc-average", help="Average both strands."),
@@ -383,7 +395,7 @@ def classify_train(
     cfg = ClassifyConfig(labels=labels, out=out, model=model, label_column=label_column,
                          group=group, include=include, label_from_record=label_from_record,
                          window=window, split_by=split_by, block=block, per_class=per_class,
-                         max_length=max_length, pool=pool, layer=layer, rc_average=rc_average,
+                         max_length=max_length, lengths=_int_list(lengths, "--lengths"), pool=pool, layer=layer, rc_average=rc_average,
                          seed=seed, device=device)
     typer.echo(format_report(run_train(cfg)))
 
