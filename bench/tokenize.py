@@ -3,8 +3,8 @@
     .venv/bin/python bench/tokenize.py [--repeats 3] [--data ../shared/data]
 
 For each genome (plain-gzip FASTA from ../shared/data), every path produces the uint8 token
-ids of every record, and is timed `repeats` times; the table shows the minimum (the machine
-is shared, so the minimum is the least disturbed run). MB/s = megabases of sequence per
+ids of every record, and is timed `repeats` times, the paths interleaved round-robin; the table shows the minimum
+(the machine is shared, so the minimum is the least disturbed run). MB/s = megabases of sequence per
 second (1 base = 1 byte of sequence).
 
 Paths, side by side in the same run:
@@ -127,7 +127,7 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--data", default=os.environ.get("MAMBA_DNA_DATA", ROOT.parent / "shared" / "data"))
     ap.add_argument("--skip-biopython-dict", action="store_true", help="the slowest peer")
     args = ap.parse_args()
@@ -155,29 +155,34 @@ def main() -> None:
             def fresh_cache(tmp=tmp, counter=counter):
                 os.environ["MAMBA_DNA_CACHE"] = os.path.join(tmp, str(next(counter)))
 
-            rows = []
-            t_lim, n_lim = best_of(lambda p=path: read_gunzip(p), args.repeats)
-            rows.append(("limit: read+gunzip", t_lim, n_lim))
-            t_cold, n = best_of(lambda p=path: ours(p), args.repeats, setup=fresh_cache)
-            rows.append(("ours, cold", t_cold, n))
-            t_warm, n = best_of(lambda p=path: ours(p), args.repeats)
-            rows.append(("ours, warm", t_warm, n))
-            t_sh, _ = best_of(lambda p=path, o=Path(tmp) / "shards", w=window: ours_shards(p, o, w), args.repeats)
-            rows.append(("ours, tokenize->shards", t_sh, n))
             from mamba_dna.genome import Genome
 
-            plain = Genome(path).data_path
-            t_plain, n_plain = best_of(lambda p=plain: read_plain(p), args.repeats)
-            rows.append(("limit: read plain", t_plain, n_plain))
-            bases = n
-            t_bio = None
-            if not args.skip_biopython_dict:
-                t_bio, nb = best_of(lambda p=path: biopython_dict(p), max(1, args.repeats - 1))
-                assert nb == bases, (nb, bases)
-                rows.append(("Biopython", t_bio, nb))
-            t_bl, nb = best_of(lambda p=path: biopython_lut(p), args.repeats)
-            assert nb == bases
-            rows.append(("Biopython + LUT", t_bl, nb))
+            plain = Genome(path).data_path  # warms the cache for the warm rows
+            paths = [  # (row name, function, setup before each timed run)
+                ("limit: read+gunzip", lambda p=path: read_gunzip(p), None),
+                ("ours, cold", lambda p=path: ours(p), fresh_cache),
+                ("ours, warm", lambda p=path: ours(p), lambda t=tmp: os.environ.update(MAMBA_DNA_CACHE=t)),
+                ("ours, tokenize->shards",
+                 lambda p=path, o=Path(tmp) / "shards", w=window: ours_shards(p, o, w),
+                 lambda t=tmp: os.environ.update(MAMBA_DNA_CACHE=t)),
+                ("limit: read plain", lambda p=plain: read_plain(p), None),
+                ("Biopython", lambda p=path: biopython_dict(p), None),
+                ("Biopython + LUT", lambda p=path: biopython_lut(p), None),
+            ]
+            if args.skip_biopython_dict:
+                paths = [x for x in paths if x[0] != "Biopython"]
+            times: dict[str, list[float]] = {name: [] for name, _, _ in paths}
+            bases = None
+            for _ in range(args.repeats):  # interleaved, so load from others hits every path alike
+                for name, fn, setup in paths:
+                    t, n = best_of(fn, 1, setup=setup)
+                    times[name].append(t)
+                    if name.startswith(("ours, cold", "Biopython")):
+                        assert bases is None or n == bases, (name, n, bases)
+                        bases = n
+            rows = [(name, min(ts), None) for name, ts in times.items()]
+            t_lim = min(times["limit: read+gunzip"])
+            t_bio = min(times["Biopython"]) if "Biopython" in times else None
             for name, t, _ in rows:
                 xb = f"{t_bio / t:.1f}" if t_bio else "-"
                 xl = f"{t / t_lim:.2f}"

@@ -424,3 +424,21 @@ def test_fetch_transforms_and_deb_extraction(tmp_path, monkeypatch):
     assert gzip.decompress(got) == fa
     assert urls == ["https://snapshot.debian.org/mr/binary/x-examples/1.0-1/binfiles",
                     "https://snapshot.debian.org/file/abc"]
+
+
+def test_long_record_tokens_in_pieces_match_and_name_the_offset(tmp_path):
+    rng = np.random.default_rng(12)
+    seq = bytearray(rng.choice(list(b"ACGTacgtN"), 700_001))
+    body = b">long\n" + b"\n".join(bytes(seq[i : i + 80]) for i in range(0, len(seq), 80)) + b"\n"
+    g = Genome(write(tmp_path / "long.fa", body))
+    ids, soft = g.tokens("long", 5, 700_000)  # spans several encoding pieces
+    want_ids, want_soft, _ = encode_bytes(bytes(seq[5:700_000]), with_softmask=True)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(soft, want_soft)
+    seq[456_789] = ord("X")
+    body = b">long\n" + b"\n".join(bytes(seq[i : i + 80]) for i in range(0, len(seq), 80)) + b"\n"
+    g = Genome(write(tmp_path / "bad.fa", body))
+    with pytest.raises(InputError, match="record 'long': invalid character b'X' at offset 456789"):
+        g.tokens("long")
+    g = Genome(tmp_path / "bad.fa", invalid="N")
+    assert g.tokens("long")[0][456_789] == N and g.n_invalid == 1
