@@ -352,7 +352,8 @@ def test_real_ecoli_matches_biopython():
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
 def test_bulk_reads_of_long_records(tmp_path, eol):
     rng = np.random.default_rng(11)
-    recs = {f"r{i}": bytes(rng.choice(list(b"ACGTNacgtn"), n)) for i, n in enumerate((30_001, 12_345, 61))}
+    recs = {f"r{i}": rng.choice(list(b"ACGTNacgtn"), n).astype(np.uint8).tobytes()
+            for i, n in enumerate((30_001, 12_345, 61))}
     body = b"".join(b">" + k.encode() + eol + eol.join(v[j : j + 61] for j in range(0, len(v), 61)) + eol
                     for k, v in recs.items())
     g = Genome(write(tmp_path / "long.fa", body))
@@ -428,7 +429,7 @@ def test_fetch_transforms_and_deb_extraction(tmp_path, monkeypatch):
 
 def test_long_record_tokens_in_pieces_match_and_name_the_offset(tmp_path):
     rng = np.random.default_rng(12)
-    seq = bytearray(rng.choice(list(b"ACGTacgtN"), 700_001))
+    seq = bytearray(rng.choice(list(b"ACGTacgtN"), 700_001).astype(np.uint8).tobytes())
     body = b">long\n" + b"\n".join(bytes(seq[i : i + 80]) for i in range(0, len(seq), 80)) + b"\n"
     g = Genome(write(tmp_path / "long.fa", body))
     ids, soft = g.tokens("long", 5, 700_000)  # spans several encoding pieces
