@@ -219,13 +219,17 @@ class StrandResult:
 @torch.inference_mode()
 def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, want_dll=True,
                   down: int = 1000, block: int = 128, chunk: int = 65536, batch_size: int = 32,
-                  context: int | None = None) -> StrandResult:
+                  context: int | None = None, stats: dict | None = None) -> StrandResult:
     """Scores of `jobs` on one strand `x` (uint8 ids (L,)) with one streaming pass + ALT re-runs.
 
     context=None streams from the strand's start; context=C starts the pass (from an empty
     state) at the block boundary at or before min(q) - C, so every variant has >= C bases of
-    upstream context and the bases before are not read.
+    upstream context and the bases before are not read. `stats` (a dict) accumulates
+    pass_s / pass_calls / rerun_s / rerun_calls / rerun_tokens.
     """
+    stats = {} if stats is None else stats
+    for k in ("pass_s", "pass_calls", "rerun_s", "rerun_calls", "rerun_tokens"):
+        stats.setdefault(k, 0)
     L = int(x.size)
     n = len(jobs)
     dev = _device_of(scorer)
@@ -264,7 +268,10 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
         while pending and (final or len(pending) >= batch_size):
             take, rest = pending[:batch_size], pending[batch_size:]
             pending[:] = rest
-            _rerun(scorer, x, jobs, take, bstart, tail, rows4, dll, dll_norm, dev)
+            t = time.perf_counter()
+            stats["rerun_tokens"] += _rerun(scorer, x, jobs, take, bstart, tail, rows4, dll, dll_norm, dev)
+            stats["rerun_s"] += time.perf_counter() - t
+            stats["rerun_calls"] += 1
 
     end = int(min(L, (q + m + wd).max() + 1 if want_dll else q.max() + 1))
     cuts = sorted(set(range(origin + chunk, end, chunk)) | {int(b) for b in need_b if b < end} | {end})
@@ -276,9 +283,12 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
     for e in cuts:
         if e <= s:
             continue
+        t = time.perf_counter()
         seg = torch.from_numpy(x[s:e].astype(np.int64))[None].to(dev)  # (1, e - s)
         lp, state = scorer.log_probs(seg, state)
         lp = _to_tensor(lp)[0].double().cpu().numpy()  # (e - s, 4): row r predicts x[s + r + 1]
+        stats["pass_s"] += time.perf_counter() - t
+        stats["pass_calls"] += 1
         # rows at q - 1 that fall in this segment
         while ptr_rows < n and row_of[order_rows[ptr_rows]] < e:
             i = order_rows[ptr_rows]
@@ -322,8 +332,11 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
     return StrandResult(llr, dll, dll_norm, edge)
 
 
-def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev) -> None:
-    """Batched ALT re-runs from block snapshots; stores (ALT log-lik, #terms) in out_ll/out_n."""
+def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev) -> int:
+    """Batched ALT re-runs from block snapshots; stores (ALT log-lik, #terms) in out_ll/out_n.
+
+    Returns the number of tokens run (batch x padded length).
+    """
     seqs, starts = [], []
     for i, _ in take:
         j = jobs[i]
@@ -352,11 +365,13 @@ def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev) -> None
             ll += float(rows4[i, int(jobs[i].alt[0]) - 4])
             nterm += 1
         out_ll[i], out_n[i] = ll, nterm
+    return int(toks.size)
 
 
 def score_contig(scorer, x: np.ndarray, starts: Sequence[int], refs: Sequence[np.ndarray],
                  alts: Sequence[np.ndarray], *, want_llr=True, want_dll=True, window=2000,
-                 block=128, chunk=65536, batch_size=32, context: int | None = None) -> dict[str, np.ndarray]:
+                 block=128, chunk=65536, batch_size=32, context: int | None = None,
+                 stats: dict | None = None) -> dict[str, np.ndarray]:
     """Both strands of one contig: {'llr','dll','dll_norm','edge'} per variant (input order)."""
     L = int(x.size)
     down = window // 2
@@ -364,7 +379,7 @@ def score_contig(scorer, x: np.ndarray, starts: Sequence[int], refs: Sequence[np
     rv = [Job(L - int(p) - r.size, reverse_complement(r), reverse_complement(a))
           for p, r, a in zip(starts, refs, alts, strict=True)]
     kw = dict(want_llr=want_llr, want_dll=want_dll, down=down, block=block, chunk=chunk,
-              batch_size=batch_size, context=context)
+              batch_size=batch_size, context=context, stats=stats)
     f = strand_scores(scorer, x, fw, **kw)
     r = strand_scores(scorer, reverse_complement(x), rv, **kw)
     with warnings.catch_warnings():  # both strands NaN (e.g. LLR of an indel) -> NaN, quietly
