@@ -134,7 +134,10 @@ def load_scorer(spec: str, genome=None, device: str = "auto"):
         if arg == "auto":
             train = [s[: int(s.size * 0.9)] for s in seqs]
             val = [s[int(s.size * 0.9) :] for s in seqs]
-            best, table = best_markov(train, val, orders=range(0, 13))
+            # orders past log4(bases) + 1 cannot be estimated (and cost 4**k memory)
+            total = max(sum(s.size for s in seqs), 4)
+            top = int(min(12, max(1, math.log(total, 4) + 1)))
+            best, table = best_markov(train, val, orders=range(0, top + 1))
             log.info("markov:auto validation bits/base: " + ", ".join(f"{k}:{v:.4f}" for k, v in table.items()))
             order = best.order
         elif arg.isdigit():

@@ -245,6 +245,18 @@ def test_region_and_option_parsing(ref_vcf, tmp_path):
         run(_cfg(fa, vcf, tmp_path / "o.bed"))
 
 
+def test_markov_auto_and_saved_markov(ref_vcf, tmp_path):
+    fa, vcf, _ = ref_vcf
+    s = run(_cfg(fa, vcf, tmp_path / "a.tsv", model="markov:auto", scores=("llr",)))
+    assert s.scored == 5
+    m = MarkovModel(2).fit([encode("ACGTTGCAAGT" * 20)])
+    m.save(tmp_path / "m.npz")
+    s = run(_cfg(fa, vcf, tmp_path / "b.tsv", model=str(tmp_path / "m.npz")))
+    assert s.scored == 5
+    with pytest.raises(ConfigError, match="markov:K"):
+        run(_cfg(fa, vcf, tmp_path / "c.tsv", model="markov:six"))
+
+
 def test_network_model_directory_end_to_end(ref_vcf, tmp_path):
     fa, vcf, _ = ref_vcf
     d = tmp_path / "model"
