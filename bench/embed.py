@@ -1,0 +1,182 @@
+"""Embedding export: bp/s and peak memory of `mamba-dna embed` against the model's bare forward.
+
+    .venv/bin/python bench/embed.py              # H. pylori G27, first 256 kb, 16 kb windows
+    .venv/bin/python bench/embed.py --quick      # 64 kb, 1 repeat (smoke run)
+    .venv/bin/python bench/embed.py --model DIR  # a trained model instead of random init
+
+Same model (random-init MambaLM, 2 layers x d_model 128 unless --model), same machine, same
+run. "bare forward" is `model.hidden` on the same windows in the same batches, tokens already
+in memory, no file: the limit for `embed` (target: embed within 1.3x of it). "embed pooled"
+and "embed per-position" are the whole `run_embed` job (FASTA read, streaming, HDF5 write,
+sha256 of inputs). Times are the minimum of --repeats runs (the machine is shared and noisy).
+
+Peak memory (peak RSS of a fresh process after imports and model load, /proc VmHWM reset
+there; "after load" is the RSS at that point) for one
+2^20 bp item (E. coli MG1655, first Mb) with per-position output, streamed in 2^15 pieces,
+beside the bare one-pass forward on 2^18 bp (one pass holds O(L * d_inner) activations).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))  # bench/tokenize.py shadows stdlib tokenize
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
+GENOME = DATA / "species/bacteria/Helicobacter_pylori__G27.fna.gz"
+ECOLI = DATA / "species/bacteria/Escherichia_coli__MG1655-K12.fna.gz"
+
+
+def make_model(model_dir: str | None, tmp: Path) -> Path:
+    from mamba_dna.model import MambaConfig, MambaLM
+
+    if model_dir:
+        return Path(model_dir)
+    torch.manual_seed(0)
+    MambaLM(MambaConfig(d_model=128, n_layer=2)).save_pretrained(tmp / "model")
+    return tmp / "model"
+
+
+def best(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+MEM_SNIPPET = r"""
+import resource, sys, json, time, torch
+from pathlib import Path
+mode, model_dir, fasta, n, out = sys.argv[1:6]
+n = int(n)
+from mamba_dna.pipelines.embed import EmbedConfig, load_model, run_embed
+from mamba_dna.genome import Genome
+model, sha = load_model(model_dir, "cpu")
+g = Genome(fasta)
+name = g.names[0]
+def hwm_mb():  # VmHWM: peak resident set size since the last reset
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # reset the high-water mark after imports and model load (Linux >= 4.0)
+    open("/proc/self/clear_refs", "w").write("5")
+except OSError:
+    pass
+base = hwm_mb()
+t = time.perf_counter()
+if mode == "stream":
+    bed = Path(out).with_suffix(".bed")
+    bed.write_text(f"{name}\t0\t{n}\n")
+    run_embed(EmbedConfig(fasta=fasta, model=model_dir, out=out, bed=str(bed), per_position=True,
+                          piece=1 << 15, device="cpu"), model=model, checkpoint_sha=sha)
+else:
+    ids = torch.from_numpy(g.tokens(name, 0, n)[0].astype("int64"))[None]
+    with torch.no_grad():
+        h, _ = model.hidden(ids)
+dt = time.perf_counter() - t
+print(json.dumps({"peak_mb": hwm_mb(), "before_mb": base, "seconds": dt}))
+"""
+
+
+def peak_memory(mode, model_dir, fasta, n, out):
+    r = subprocess.run([sys.executable, "-c", MEM_SNIPPET, mode, str(model_dir), str(fasta), str(n),
+                        str(out)], capture_output=True, text=True)
+    if r.returncode:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--bp", type=int, default=1 << 18)
+    ap.add_argument("--window", type=int, default=1 << 14)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-bp", type=int, default=1 << 20)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.bp, a.repeats, a.memory_bp = 1 << 16, 1, 1 << 18
+    if not GENOME.exists():
+        print(f"skip: {GENOME} not found (set MAMBA_DNA_DATA)")
+        return
+
+    from mamba_dna.pipelines.embed import EmbedConfig, load_model, make_batches, run_embed
+
+    from mamba_dna.genome import Genome
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    model_dir = make_model(a.model, tmp)
+    model, sha = load_model(model_dir, "cpu")
+    g = Genome(GENOME)
+    name = g.names[0]
+    seq = g.fetch(name, 0, a.bp).decode()
+    fa = tmp / "region.fa"  # a temp FASTA of the first --bp bases (outside the repo)
+    fa.write_text(f">{name}\n" + "\n".join(seq[i : i + 80] for i in range(0, len(seq), 80)) + "\n")
+
+    # bare forward: same windows, same batches, tokens in memory
+    ids, _ = g.tokens(name, 0, a.bp)
+    wins = [ids[s : s + a.window] for s in range(0, a.bp, a.window)]
+    batches = make_batches([len(w) for w in wins], 1 << 16, 64)
+
+    def bare():
+        with torch.no_grad():
+            for b in batches:
+                x = torch.from_numpy(np.stack([wins[i] for i in b]).astype(np.int64))
+                model.hidden(x)  # (B, L, d)
+
+    def job(per_position, rc=False):
+        def f():
+            run_embed(EmbedConfig(fasta=str(fa), model=str(model_dir), out=str(tmp / "e.h5"),
+                                  window=a.window, per_position=per_position, rc_average=rc,
+                                  device="cpu"), model=model, checkpoint_sha=sha)
+        return f
+
+    bare()  # warm-up (kernel compilation)
+    rows = [("bare forward (model.hidden, in memory)", best(bare, a.repeats), 1)]
+    rows.append(("embed pooled mean", best(job(False), a.repeats), 1))
+    rows.append(("embed pooled + per-position (float32)", best(job(True), a.repeats), 1))
+    rows.append(("embed pooled, --rc-average (2 passes)", best(job(False, True), a.repeats), 2))
+
+    print(f"# embed throughput: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"# model {model_dir.name}: {model.config.n_layer} layers x d_model {model.config.d_model}; "
+          f"{a.bp:,} bp of {GENOME.name}, {a.window:,} bp windows; min of {a.repeats} runs")
+    print(f"| {'what':<40} | {'seconds':>8} | {'bp/s':>10} | {'x bare':>7} |")
+    print(f"|{'-' * 42}|{'-' * 10}|{'-' * 12}|{'-' * 9}|")
+    t0 = rows[0][1]
+    for what, t, passes in rows:
+        print(f"| {what:<40} | {t:8.2f} | {a.bp / t:10,.0f} | {t / (t0 * passes):7.2f} |")
+    print("(x bare: time / (bare time x passes); --rc-average runs the model twice)")
+
+    mem_fa = ECOLI if ECOLI.exists() else GENOME
+    print(f"\n# peak memory (max RSS of a fresh process), {mem_fa.name}")
+    print(f"| {'what':<52} | {'peak MB':>8} | {'after load MB':>13} | {'seconds':>8} |")
+    print(f"|{'-' * 54}|{'-' * 10}|{'-' * 15}|{'-' * 10}|")
+    for mode, n, what in (("stream", a.memory_bp, f"embed --per-position, one {a.memory_bp:,} bp item"),
+                          ("bare", a.memory_bp // 4, f"bare one-pass model.hidden, {a.memory_bp // 4:,} bp")):
+        r = peak_memory(mode, model_dir, mem_fa, n, tmp / f"mem_{mode}.h5")
+        if "error" in r:
+            print(f"| {what:<52} | failed: {r['error']}")
+            continue
+        print(f"| {what:<52} | {r['peak_mb']:8.0f} | {r['before_mb']:13.0f} | {r['seconds']:8.1f} |")
+
+
+if __name__ == "__main__":
+    main()
