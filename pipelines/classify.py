@@ -563,7 +563,10 @@ def run_train(cfg: ClassifyConfig) -> dict:
     for L in lengths:
         if L > cfg.max_length:
             break
-        w = _draw(segs, L, cfg.per_class, cfg.bp_per_class, cfg.seed) if L != cfg.window else wins
+        # blocks at least as long as the window: the split is redrawn for each length
+        segs_L = segs if L <= (cfg.block or cfg.window) else make_segments(
+            sources, split_by=cfg.split_by, window=L, block=L, seed=cfg.seed)
+        w = _draw(segs_L, L, cfg.per_class, cfg.bp_per_class, cfg.seed) if L != cfg.window else wins
         if w is None:
             log.info(f"window {L}: genomes too short for disjoint train/val/test windows; stop")
             break

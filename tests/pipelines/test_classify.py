@@ -120,7 +120,7 @@ def test_train_predict_evaluate_end_to_end(data, tmp_path):
     out = tmp_path / "cls"
     rc = run(["classify", "train", "--labels", str(data / "labels.tsv"), "--model",
               str(data / "model"), "--out", str(out), "--window", "256", "--per-class", "8",
-              "--split-by", "file", "--block", "512", "--lengths", "256,512", "--rc-average"])
+              "--split-by", "file", "--block", "512", "--lengths", "256,1024", "--rc-average"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["classes"] == sorted(COMPOSITION)
@@ -128,7 +128,7 @@ def test_train_predict_evaluate_end_to_end(data, tmp_path):
     assert kmer["accuracy"] >= 0.9  # composition differs: k-mers must separate the classes
     assert sum(map(sum, kmer["confusion"])) == kmer["n"] == 3 * 4
     assert set(rep["results"]["model"]["per_class"]) == set(COMPOSITION)
-    assert [r["window"] for r in rep["length_table"]] == [256, 512]
+    assert [r["window"] for r in rep["length_table"]] == [256, 1024]  # 1024 > block: redrawn
     for f in ("report.md", "accuracy_vs_length.tsv", "split.tsv", "confusion_model.png",
               "confusion_kmer.png", "model/classifier.json", "kmer/classifier.npz"):
         assert (out / f).stat().st_size > 0, f
