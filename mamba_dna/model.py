@@ -14,9 +14,10 @@ Spaces"), with mamba_ssm's parameter names so checkpoints convert by renaming on
     backbone.norm_f                         final RMSNorm
     lm_head                                 (vocab, d_model), tied to the embedding
 
-`selective=False` is the LTI ablation: dt, B and C no longer depend on the input (learned
-per-channel parameters `dt_bias`, `B_lti`, `C_lti` replace x_proj/dt_proj), the rest of the
-block is unchanged.
+`selective=False` is the LTI ablation: dt, B and C no longer depend on the input. x_proj and
+dt_proj are replaced by learned constants: `dt_bias` (d_inner,) and `B_lti`, `C_lti`
+(d_state,), shared by the channels exactly as the selective model's input-dependent B_t and
+C_t are; A stays per channel. The rest of the block (conv, gate, projections) is unchanged.
 
 Streaming: `forward(ids, state)` returns the state after the last token (per layer: the
 last d_conv - 1 conv inputs and the fp32 SSM state), so a sequence fed in pieces gives the
@@ -211,10 +212,10 @@ class MambaMixer(nn.Module):
         if cfg.selective:
             self.x_proj = nn.Linear(di, R + 2 * N, bias=False)
             self.dt_proj = nn.Linear(R, di, bias=True)
-        else:  # LTI ablation: per-channel dt, B, C that do not look at the input
+        else:  # LTI ablation: dt (per channel), B, C (shared) that do not look at the input
             self.dt_bias = nn.Parameter(torch.empty(di))
-            self.B_lti = nn.Parameter(torch.empty(di, N))
-            self.C_lti = nn.Parameter(torch.empty(di, N))
+            self.B_lti = nn.Parameter(torch.empty(N))
+            self.C_lti = nn.Parameter(torch.empty(N))
         self.A_log = nn.Parameter(torch.empty(di, N))
         self.D = nn.Parameter(torch.empty(di))
         self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.bias)
@@ -260,9 +261,8 @@ class MambaMixer(nn.Module):
             C = C.transpose(1, 2)  # (batch, N, L)
             return dt, B, C, self.dt_proj.bias.float()
         dt = x.new_zeros(b, di, L)  # (batch, d_inner, L): dt = softplus(dt_bias) everywhere
-        # one group per channel: (batch, d_inner, N, L) broadcast views
-        B = self.B_lti.to(x.dtype)[None, :, :, None].expand(b, di, self.d_state, L)
-        C = self.C_lti.to(x.dtype)[None, :, :, None].expand(b, di, self.d_state, L)
+        B = self.B_lti.to(x.dtype)[None, :, None].expand(b, self.d_state, L)  # (batch, N, L) view
+        C = self.C_lti.to(x.dtype)[None, :, None].expand(b, self.d_state, L)  # (batch, N, L) view
         return dt, B, C, self.dt_bias.float()
 
     def forward(self, u: torch.Tensor, conv_state=None, ssm_state=None):
@@ -306,8 +306,8 @@ class MambaMixer(nn.Module):
             dt_bias = self.dt_proj.bias
         else:
             dt = torch.zeros_like(x)
-            B = self.B_lti.to(x.dtype)[None].expand(x.shape[0], -1, -1)  # (batch, d_inner, N)
-            C = self.C_lti.to(x.dtype)[None].expand(x.shape[0], -1, -1)
+            B = self.B_lti.to(x.dtype)[None].expand(x.shape[0], -1)  # (batch, N)
+            C = self.C_lti.to(x.dtype)[None].expand(x.shape[0], -1)
             dt_bias = self.dt_bias
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y = selective_state_update(
