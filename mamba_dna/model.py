@@ -468,6 +468,11 @@ class MambaLM(nn.Module):
 
         Row t = log P(base at t+1 | tokens[..t], state), renormalised over A, C, G, T.
         """
+        if self.config.tokenizer != DNA_TOKENIZER:
+            raise ConfigError(
+                f"log_probs needs the DNA vocabulary; this model's ids are {self.config.tokenizer!r}",
+                hint="convert with --tokenizer dna if the checkpoint was trained on mamba-dna ids",
+            )
         logits, st = self.forward(tokens, state)  # (batch, L, vocab)
         lp = torch.log_softmax(logits[..., list(BASES)].float(), dim=-1)  # (batch, L, 4)
         return lp, st
@@ -562,8 +567,13 @@ class MambaLM(nn.Module):
         return d
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location="cpu", **overrides) -> MambaLM:
-        """Load a model directory; `overrides` replace config fields (e.g. gradient_checkpointing)."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location="cpu", dtype: torch.dtype | None = None, **overrides
+    ) -> MambaLM:
+        """Load a model directory; `overrides` replace config fields (e.g. gradient_checkpointing).
+
+        dtype None keeps the stored dtype (fp32 unless converted with --dtype).
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -585,6 +595,11 @@ class MambaLM(nn.Module):
             raise InputError(f"{wpath}: cannot read safetensors ({e})") from None
         model = cls(cfg)
         model.load_weights(sd, where=str(wpath))
+        if dtype is None:
+            stored = {v.dtype for v in sd.values() if v.is_floating_point()}
+            dtype = stored.pop() if len(stored) == 1 else None
+        if dtype is not None and dtype != torch.float32:
+            model = model.to(dtype)
         return model.to(map_location) if map_location is not None else model
 
     def load_weights(self, sd: dict[str, torch.Tensor], where: str = "state dict") -> None:

@@ -46,6 +46,8 @@ def test_transformers_logits_match(tmp_path, variant):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loaded, ours, rtol=0, atol=0)
     assert model.config.tie_embeddings == (variant == "tied")
+    with pytest.raises(ConfigError, match="DNA vocabulary"):  # foreign ids: not a DNA scorer
+        model.log_probs(ids)
 
 
 def _mamba_ssm_checkpoint(tmp_path, rms_norm=True, vocab=13):
@@ -83,6 +85,11 @@ def test_mamba_ssm_round_trip(tmp_path, rms_norm):
     again = MambaLM.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         torch.testing.assert_close(again(ids)[0], ours(ids)[0], rtol=0, atol=0)
+    half = convert(src, tmp_path / "bf16", dtype="bfloat16", tokenizer="dna")
+    assert half.backbone.embedding.weight.dtype == torch.bfloat16
+    back = MambaLM.from_pretrained(tmp_path / "bf16")  # keeps the stored dtype
+    assert back.backbone.layers[0].mixer.A_log.dtype == torch.bfloat16
+    assert back.config.tokenizer == "mamba-dna-nucleotide" and (tmp_path / "bf16" / "tokenizer.json").exists()
 
 
 def test_refuses_what_it_cannot_convert(tmp_path):
