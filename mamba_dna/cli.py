@@ -289,6 +289,7 @@ def score(
     tsv_info: str = typer.Option("", "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
     context: int = typer.Option(None, "--context", help="Upstream bp streamed before a contig's first variant (default: whole contig)."),
     batch_size: int = typer.Option(32, "--batch-size", help="ALT re-runs per model call."),
+    block: int = typer.Option(128, "--block", help="State snapshot spacing in bp (DLL re-run prefix)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
     """Score every ALT allele of a VCF with a model or a Markov baseline (negative = damaging).
@@ -305,7 +306,7 @@ def score(
         raise ConfigError(f"score: missing {', '.join(missing)}", hint="see `mamba-dna score --help`")
     cfg = ScoreConfig(vcf=vcf, fasta=fasta, model=model, out=out, scores=tuple(scores.split(",")),
                       window=window, strict=strict, chrom_alias=chrom_alias, region=region,
-                      shard=shard, context=context, batch_size=batch_size, device=device,
+                      shard=shard, context=context, batch_size=batch_size, block=block, device=device,
                       tsv_info=tuple(k for k in tsv_info.split(",") if k))
     run(cfg)
     if out != "-":

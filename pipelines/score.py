@@ -585,6 +585,10 @@ def run(cfg: ScoreConfig, scorer=None) -> Summary:
             raise InputError(resolve.missing_message(sorted(unknown)[0], cfg.vcf))
     summary.seconds = time.time() - t0
     log.info(summary.line())
+    mism = summary.skipped.get("ref_mismatch", 0)
+    if mism and mism >= 0.1 * summary.alts:
+        log.info(f"warning: {mism:,} of {summary.alts:,} REF alleles do not match {cfg.fasta}: "
+                 "is it the reference (build) the VCF was called on?")
     return summary
 
 
