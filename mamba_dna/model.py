@@ -254,12 +254,11 @@ class MambaMixer(nn.Module):
         """x (batch, d_inner, L) -> dt (batch, d_inner, L), B, C (batch, N, L) or grouped."""
         b, di, L = x.shape
         if self.cfg.selective:
-            x_dbl = self.x_proj(x.transpose(1, 2))  # (batch, L, R + 2N)
-            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L)
-            B = B.transpose(1, 2)  # (batch, N, L)
-            C = C.transpose(1, 2)  # (batch, N, L)
-            return dt, B, C, self.dt_proj.bias.float()
+            # W @ x with x as stored: (batch, ., L) results, no transposed copies
+            x_dbl = torch.bmm(self.x_proj.weight.expand(b, -1, -1), x)  # (batch, R + 2N, L)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+            dt = torch.bmm(self.dt_proj.weight.expand(b, -1, -1), dt)  # (batch, d_inner, L)
+            return dt, B, C, self.dt_proj.bias.float()  # B, C: (batch, N, L) views
         dt = x.new_zeros(b, di, L)  # (batch, d_inner, L): dt = softplus(dt_bias) everywhere
         B = self.B_lti.to(x.dtype)[None, :, None].expand(b, self.d_state, L)  # (batch, N, L) view
         C = self.C_lti.to(x.dtype)[None, :, None].expand(b, self.d_state, L)  # (batch, N, L) view
@@ -269,8 +268,9 @@ class MambaMixer(nn.Module):
         """u (batch, L, d_model) -> (out (batch, L, d_model), conv_state, ssm_state)."""
         b, L, _ = u.shape
         k = self.cfg.d_conv
-        # xz = W_in @ u^T, laid out (batch, 2*d_inner, L) as the scan wants it
-        xz = torch.matmul(self.in_proj.weight, u.transpose(1, 2))  # (batch, 2*d_inner, L)
+        # xz = W_in @ u^T, laid out (batch, 2*d_inner, L) as the scan wants it; bmm lets BLAS
+        # read u transposed (matmul would compute (L, 2*d_inner) and copy it transposed)
+        xz = torch.bmm(self.in_proj.weight.expand(b, -1, -1), u.transpose(1, 2))  # (batch, 2*d_inner, L)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
         x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
