@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -190,10 +191,30 @@ def embed(
     if missing:
         raise ConfigError(f"embed: missing {', '.join(missing)}",
                           hint="see `mamba-dna embed --help`")
-    cfg = EmbedConfig(fasta=fasta, model=model, out=out, bed=bed, window=window, stride=stride,
-                      pool=pool, per_position=per_position, layer=layer, rc_average=rc_average,
-                      dtype=dtype, piece=piece, shard=shard, resume=resume, device=device)
-    typer.echo(str(run_embed(cfg)))
+    from mamba_dna import rankshard
+
+    def make(out_: str, shard_: str | None, device_: str) -> EmbedConfig:
+        return EmbedConfig(fasta=fasta, model=model, out=out_, bed=bed, window=window,
+                           stride=stride, pool=pool, per_position=per_position, layer=layer,
+                           rc_average=rc_average, dtype=dtype, piece=piece, shard=shard_,
+                           resume=resume, device=device_)
+
+    ranks = rankshard.launcher_shard(shard)
+    if ranks is None:
+        typer.echo(str(run_embed(make(out, shard, device))))
+        return
+    # torchrun / srun: rank r embeds shard r/world; rank 0 merges the parts into --out.
+    from mamba_dna.pipelines.embed import merge, shard_path
+
+    base, dev = str(rankshard.with_token(out)), rankshard.rank_device(device)
+    done = rankshard.run_ranks(
+        out, *ranks,
+        run_part=lambda s: run_embed(make(base, s, dev)),
+        part_path=lambda i, n: shard_path(Path(base), f"{i}/{n}"),
+        merge=merge,
+    )
+    if done:
+        typer.echo(done)
 
 
 @embed_app.command("merge")
@@ -233,6 +254,7 @@ def pretrain(
     eval_every: int = typer.Option(None, help="Validate every N steps [100]."),
     eval_windows: int = typer.Option(None, help="Validation windows per evaluation [64]."),
     checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps [100]."),
+    log_every: int = typer.Option(None, help="Training metrics row every N steps [10]."),
     softmask_weight: float = typer.Option(None, help="Loss weight of soft-masked (lowercase) bases [1]."),
     rc_augment: bool = typer.Option(None, "--rc/--no-rc", help="Random strand per window [on]."),
     grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing", help="Recompute blocks in backward."),
@@ -259,7 +281,7 @@ def pretrain(
              steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
              warmup_steps=warmup_steps, weight_decay=weight_decay, split_by=split_by,
              val_fraction=val_fraction, eval_every=eval_every, eval_windows=eval_windows,
-             checkpoint_every=checkpoint_every, softmask_weight=softmask_weight,
+             checkpoint_every=checkpoint_every, log_every=log_every, softmask_weight=softmask_weight,
              rc_augment=rc_augment, grad_checkpointing=grad_checkpointing, device=device,
              precision=precision, seed=seed),
     )
@@ -304,13 +326,36 @@ def score(
     missing = [n for n, v in (("--vcf", vcf), ("--fasta", fasta), ("--model", model), ("--out", out)) if not v]
     if missing:
         raise ConfigError(f"score: missing {', '.join(missing)}", hint="see `mamba-dna score --help`")
-    cfg = ScoreConfig(vcf=vcf, fasta=fasta, model=model, out=out, scores=tuple(scores.split(",")),
-                      window=window, strict=strict, chrom_alias=chrom_alias, region=region,
-                      shard=shard, context=context, batch_size=batch_size, block=block, device=device,
-                      tsv_info=tuple(k for k in tsv_info.split(",") if k))
-    run(cfg)
-    if out != "-":
-        typer.echo(out)
+    from mamba_dna import rankshard
+
+    def make(out_: str, shard_: str | None, device_: str) -> ScoreConfig:
+        return ScoreConfig(vcf=vcf, fasta=fasta, model=model, out=out_,
+                           scores=tuple(scores.split(",")), window=window, strict=strict,
+                           chrom_alias=chrom_alias, region=region, shard=shard_, context=context,
+                           batch_size=batch_size, block=block, device=device_,
+                           tsv_info=tuple(k for k in tsv_info.split(",") if k))
+
+    ranks = rankshard.launcher_shard(shard)
+    if ranks is None or out == "-":
+        run(make(out, shard, device))
+        if out != "-":
+            typer.echo(out)
+        return
+    # torchrun / srun: rank r scores shard r/world; rank 0 merges the parts into --out.
+    from mamba_dna.pipelines.score import merge_outputs
+
+    base, dev = rankshard.with_token(out), rankshard.rank_device(device)
+
+    def part(i: int, n: int) -> Path:
+        return base.with_name(base.name.replace(".run", f".part{i}-of-{n}.run", 1))
+
+    done = rankshard.run_ranks(
+        out, *ranks,
+        run_part=lambda s: run(make(str(part(*map(int, s.split("/")))), s, dev)),
+        part_path=part, merge=merge_outputs,
+    )
+    if done:
+        typer.echo(done)
 
 
 @score_app.command("merge")

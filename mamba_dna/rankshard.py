@@ -1,0 +1,91 @@
+"""Inference at scale under a launcher: `torchrun`/`srun` ranks become `--shard i/n`.
+
+`score` and `embed` already split their work with `--shard i/n` (array jobs) and join the
+parts with a merge step that reproduces a single run exactly. When they are started by
+torchrun (RANK/WORLD_SIZE) or by `srun` with several tasks (SLURM_PROCID/SLURM_NTASKS) and
+no `--shard` is given, each rank takes shard RANK/WORLD_SIZE, writes its own part, and rank
+0 waits for every part and merges them into the requested output. No process group is
+needed: the parts are files, written atomically, so rank 0 only waits for them to appear.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mamba_dna import log
+from mamba_dna.distributed import detect
+from mamba_dna.errors import MambaDNAError
+
+
+def launcher_shard(explicit: str | None) -> tuple[int, int] | None:
+    """(rank, world) when a launcher started several processes and no --shard was given."""
+    if explicit:
+        return None
+    env = detect()
+    return (env.rank, env.world_size) if env.world_size > 1 else None
+
+
+def run_token() -> str:
+    """A short id shared by the ranks of one launch and different across launches, so rank 0
+    never mistakes a stale part from an earlier run for a fresh one."""
+    import hashlib
+
+    keys = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_STEP_ID")
+    raw = "|".join(os.environ.get(k, "") for k in keys)
+    return hashlib.sha256(raw.encode()).hexdigest()[:8]
+
+
+def with_token(out: str) -> Path:
+    """`dir/name.ext` -> `dir/name.run<token>.ext` (the base name of this launch's parts)."""
+    p = Path(out)
+    suffixes = "".join(p.suffixes[-2:]) if p.name.endswith((".vcf.gz", ".tsv.gz")) else p.suffix
+    stem = p.name[: len(p.name) - len(suffixes)] if suffixes else p.name
+    return p.with_name(f"{stem}.run{run_token()}{suffixes}")
+
+
+def rank_device(device: str) -> str:
+    """"auto" under a launcher -> cuda:LOCAL_RANK when CUDA is available (one GPU per rank)."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{detect().local_rank % max(torch.cuda.device_count(), 1)}"
+    return "cpu"
+
+
+def run_ranks(
+    out: str,
+    rank: int,
+    world: int,
+    run_part: Callable[[str], Path | str],
+    part_path: Callable[[int, int], Path],
+    merge: Callable[[list[str], str], object],
+    poll_s: float = 2.0,
+    timeout_s: float | None = None,
+) -> str | None:
+    """Run this rank's shard; on rank 0 wait for every part, merge into `out`, remove parts.
+
+    Returns `out` on rank 0 and None elsewhere.
+    """
+    run_part(f"{rank}/{world}")
+    if rank != 0:
+        return None
+    parts = [part_path(i, world) for i in range(world)]
+    t0 = time.time()
+    waiting = [p for p in parts if not p.exists()]
+    if waiting:
+        log.info(f"rank 0: waiting for {len(waiting)} of {world} parts")
+    while waiting:
+        if timeout_s is not None and time.time() - t0 > timeout_s:
+            raise MambaDNAError(f"parts not written after {timeout_s:.0f}s: {', '.join(map(str, waiting))}")
+        time.sleep(poll_s)
+        waiting = [p for p in parts if not p.exists()]
+    merge([str(p) for p in parts], out)
+    for p in parts:
+        os.unlink(p)
+    log.info(f"merged {world} rank parts into {out}")
+    return out
