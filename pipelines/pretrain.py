@@ -565,6 +565,12 @@ def prepare_run(cfg: PretrainConfig, resume: bool) -> tuple[PretrainConfig, bool
     if cfg_path.exists() and (resume or existing):
         saved = PretrainConfig.load(cfg_path)
         saved.out = str(run)
+        given, kept = cfg.to_dict(), saved.to_dict()
+        differ = [k for k in given if k not in ("out", "inputs") and given[k] != kept[k]
+                  and given[k] != getattr(PretrainConfig(), k, None)]
+        if differ:
+            log.info(f"resuming {run}: its config.json wins; ignoring changed option(s) "
+                     f"{', '.join(differ)} (start a new --out to change them)")
         return saved.validate(), bool(existing)
     if run.exists() and any(p for p in run.iterdir() if p.name != "config.json"):
         raise ConfigError(f"{run}: directory exists and is not a pretrain run",
