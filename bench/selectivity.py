@@ -85,13 +85,14 @@ def train(task: str, selective: bool, args, log) -> list[tuple[int, float, float
     from mamba_dna.model import MambaConfig, MambaLM
 
     torch.manual_seed(args.seed)
+    lr = args.lr if args.lr is not None else {"copy": 4e-3, "induction": 2e-3}[task]
     cfg = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, d_state=16, vocab_size=args.vocab,
                       selective=selective, tokenizer="external")
     model = MambaLM(cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
+                            lr=lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     g = torch.Generator().manual_seed(args.seed + 1)
     ge = torch.Generator().manual_seed(12345)  # the same held-out set for both models
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="training steps per model (default 2000)")
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=None, help="default: 4e-3 copying, 2e-3 induction")
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--n-layer", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=16)
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
           f"{platform.processor() or platform.machine()}  {os.cpu_count()} cores  "
           f"threads {torch.get_num_threads()}  scan backend {backend}")
     print(f"# {args.n_layer} layers, d_model {args.d_model}, d_state 16, vocab {args.vocab}, "
-          f"batch {args.batch}, lr {args.lr}, seed {args.seed}; selective copying: "
+          f"batch {args.batch}, lr {args.lr or '4e-3 copying / 2e-3 induction'}, seed {args.seed}; selective copying: "
           f"{args.n_mem} tokens in {args.copy_len}; induction heads: L={args.ind_len} "
           f"(and {4 * args.ind_len} for extrapolation)")
     print("task\tmodel\tstep\tseconds\taccuracy\taccuracy_4x_length")
