@@ -263,8 +263,6 @@ def _scan_bwd_kernel(
     n_spans = (L + span - 1) // span
     # Per-thread buffers: (chunk, N) for the recomputation, (span, N) per (batch, group)
     # for the thread's share of dB and dC.
-    abuf = np.empty((n_parts, chunk, N), np.float32)  # exp(dt*A) * keep of the chunk
-    hbuf = np.empty((n_parts, chunk + 1, N), np.float32)  # [0]: start state, [i+1]: h_t
     gBp = np.zeros((n_parts, batch, G, span, N), np.float32)  # this thread's dB share
     gCp = np.zeros((n_parts, batch, G, span, N), np.float32)  # this thread's dC share
     RB = 64  # positions per block of the reduction
@@ -277,12 +275,14 @@ def _scan_bwd_kernel(
         for p in prange(n_parts):
             lo = p * BD // n_parts
             hi = (p + 1) * BD // n_parts
-            a_ = abuf[p]  # (chunk, N)
-            h_ = hbuf[p]  # (chunk + 1, N)
+            a_ = np.empty((chunk, N), np.float32)  # exp(dt*A) * keep of the chunk
+            h_ = np.empty((chunk + 1, N), np.float32)  # [0]: start state, [i+1]: h_t
             bits = np.empty(N, np.int32)
             scale = bits.view(np.float32)
             pm = np.empty(N, np.float32)
             gA_ = np.empty(N, np.float32)
+            gnb = np.empty(N, np.float32)  # dLoss/dh_t
+            hv = np.empty(N, np.float32)  # running state
             dtb = np.empty(chunk, np.float32)  # dt of the chunk
             dsig = np.empty(chunk, np.float32)  # sigmoid(delta + bias)
             zsig = np.empty(chunk, np.float32)  # sigmoid(z)
@@ -302,6 +302,7 @@ def _scan_bwd_kernel(
                     # 1) recompute exp(dt*A) and the chunk's states from its start state
                     for n in range(N):
                         h_[0, n] = saved[c, b, d, n]
+                        hv[n] = saved[c, b, d, n]
                     for t in range(t0, t1):
                         i = t - t0
                         dt = dtb[i]
@@ -311,10 +312,14 @@ def _scan_bwd_kernel(
                             kf = _ZERO
                         for n in range(N):
                             pm[n], bits[n] = _exp_parts(dt * Ad[n])
+                        ai = a_[i]
+                        hrow = h_[i + 1]
                         for n in range(N):
-                            a_[i, n] = pm[n] * scale[n] * kf  # keep folded in
-                        for n in range(N):
-                            h_[i + 1, n] = a_[i, n] * h_[i, n] + dtu * Bt[b, g, t, n]
+                            an = pm[n] * scale[n] * kf  # keep folded in
+                            ai[n] = an
+                            hn = an * hv[n] + dtu * Bt[b, g, t, n]
+                            hv[n] = hn
+                            hrow[n] = hn
                     # 2) adjoint recurrence, t from t1-1 down to t0
                     gh = carry[b, d]  # (N,) view: dLoss/dh_t carried from the future
                     for n in range(N):
@@ -338,17 +343,30 @@ def _scan_bwd_kernel(
                                 acc += h_[i + 1, n] * Ct[b, g, t, n]
                             y = acc + Dd * uu
                             gz[b, d, t] = go * y * sz * (_ONE + zz * (_ONE - sz))
+                        # Short loops with one store each, over row views, vectorise;
+                        # a fused loop with four stores into 2-D buffers did not.
+                        ai = a_[i]  # (N,) exp(dt_t A) * keep_t
+                        hp = h_[i]  # (N,) h_{t-1}
+                        hc = h_[i + 1]  # (N,) h_t
+                        Bn = Bt[b, g, t]  # (N,)
+                        Cn = Ct[b, g, t]  # (N,)
+                        gBr = gBp[p, b, g, j]  # (N,)
+                        gCr = gCp[p, b, g, j]  # (N,)
+                        for n in range(N):
+                            gn = gh[n] + gy * Cn[n]  # dLoss/dh_t
+                            gnb[n] = gn
+                            gh[n] = gn * ai[n]  # carried to t-1
                         s_bu = _ZERO  # sum_n g_n B_n
                         s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
                         for n in range(N):
-                            gn = gh[n] + gy * Ct[b, g, t, n]
-                            gCp[p, b, g, j, n] += gy * h_[i + 1, n]
-                            gBp[p, b, g, j, n] += gn * dtu
-                            s_bu += gn * Bt[b, g, t, n]
-                            ga = gn * h_[i, n] * a_[i, n]  # h_[i] is h_{t-1}
+                            ga = gnb[n] * hp[n] * ai[n]
+                            s_bu += gnb[n] * Bn[n]
                             s_ga += ga * Ad[n]
                             gA_[n] += ga * dt
-                            gh[n] = gn * a_[i, n]
+                        for n in range(N):
+                            gCr[n] += gy * hc[n]
+                        for n in range(N):
+                            gBr[n] += gnb[n] * dtu
                         gdt = s_ga + s_bu * uu
                         gu[b, d, t] = s_bu * dt + gy * Dd
                         if softplus:
@@ -367,16 +385,20 @@ def _scan_bwd_kernel(
             j0 = (r % n_blk) * RB
             j1 = min(j0 + RB, s1 - s0)
             for j in range(j0, j1):
+                oB = gBt[b, g, s0 + j]  # (N,)
+                oC = gCt[b, g, s0 + j]  # (N,)
                 for n in range(N):
-                    sB = _ZERO
-                    sC = _ZERO
-                    for p in range(n_parts):
-                        sB += gBp[p, b, g, j, n]
-                        sC += gCp[p, b, g, j, n]
-                        gBp[p, b, g, j, n] = _ZERO
-                        gCp[p, b, g, j, n] = _ZERO
-                    gBt[b, g, s0 + j, n] = sB
-                    gCt[b, g, s0 + j, n] = sC
+                    oB[n] = _ZERO
+                    oC[n] = _ZERO
+                for p in range(n_parts):
+                    pB = gBp[p, b, g, j]  # (N,)
+                    pC = gCp[p, b, g, j]  # (N,)
+                    for n in range(N):
+                        oB[n] += pB[n]
+                        pB[n] = _ZERO
+                    for n in range(N):
+                        oC[n] += pC[n]
+                        pC[n] = _ZERO
 
 
 # ----------------------------------------------------------------------------- host side
