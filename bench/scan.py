@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-gb", type=float, default=12.0)
     ap.add_argument("--max-seconds", type=float, default=120.0,
                     help="skip a Python-loop peer whose estimated time exceeds this")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     a = ap.parse_args(argv)
     if a.sizes:
         sizes = [tuple(int(v) for v in s.lower().split("x")) for s in a.sizes.split(",")]
@@ -241,9 +242,9 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 try:
                     r = run_child(CHILD, [impl, mode, str(dim), str(L), str(N),
-                                          str(a.repeats)], timeout=max(600, 20 * secs))
+                                          str(a.repeats)], timeout=a.timeout)
                 except subprocess.TimeoutExpired:
-                    r = dict(error="timed out")
+                    r = dict(error=f"timed out (> {a.timeout:g} s incl. start)")
                 if "error" in r:
                     print(f"{pre} {'-':>9} {'-':>8} {'-':>7} {'-':>10} {'-':>6}  {r['error']}")
                     continue

@@ -13,14 +13,18 @@ Formulation (chosen by measurement, bench/scan.py; figures on the 2-core Zen 3 d
   C-contraction, the D skip and the SiLU(z) gate. Nothing of size L*N is materialised;
   per thread the working buffers are (chunk, N).
 * The exponentials are computed in-kernel by a vectorisable float32 exp (Cody-Waite range
-  reduction, degree-6 polynomial, 2^k built from the exponent bits), which LLVM turns into
-  AVX2 code: ~3.7 G exp/s on 2 cores against ~1.3 G/s for `torch.exp` into a
-  preallocated tensor, the "floor" a torch.exp-then-recurrence design cannot go below.
-  A chunked torch.exp + compiled recurrence sketch ran at ~2x that floor; this kernel runs
-  below it. Accuracy of the exp: a few ulp (<= ~1e-6 relative) for arguments in
-  [-87, 88]; below -87.3 it returns 0 (the true value is a float32 denormal), NaN in gives
-  NaN out. The whole kernel uses fast-math (reassociation, FMA contraction), not
-  `nnan`/`ninf`.
+  reduction, degree-6 polynomial, 2^k built from the exponent bits through an int32 view),
+  which LLVM turns into AVX2 code: alone it ran at ~1.25 G exp/s per thread, against
+  ~1 G/s for `torch.exp` into a preallocated tensor. Measured on the shared 2-core box
+  (bench/scan.py, min of runs): the forward takes 1.2-1.7x the time torch needs for the
+  L*dim*N exponentials alone; the backward about 5x (it recomputes the exponentials and
+  runs a longer adjoint loop). Accuracy of the exp: a few ulp (<= ~1e-6 relative) for
+  arguments in [-87, 88]; below -87.33 it returns 0 (the true value is a float32
+  denormal); NaN in gives NaN out. The kernels use fast-math (reassociation, FMA
+  contraction, approximate functions), not `nnan`/`ninf`.
+* Loops over N are short (16): each is written with one store, over 1-D row views, so
+  LLVM vectorises it; a fused loop with several stores into 2-D buffers stayed scalar
+  and made the backward 5x slower.
 * State and every accumulation are float32, as in mamba_ssm's CUDA kernel; the per-channel
   gradient sums over L (dA, dD, d delta_bias) are carried in float64 across chunks so a
   megabase does not lose them to rounding.
@@ -34,8 +38,9 @@ Formulation (chosen by measurement, bench/scan.py; figures on the 2-core Zen 3 d
       g_t = keep_{t+1} * exp(dt_{t+1} A) * g_{t+1} + gy_t * C_t
   and forms every gradient: u, delta, A, B, C, D, z, delta_bias, initial_state. dB and dC
   are sums over the channels of a group; each thread accumulates its channels into its
-  own (batch, groups, chunk, N) buffer and the buffers are added after each chunk, in a
-  fixed order (deterministic for a given thread count).
+  own (batch, groups, span, N) buffer (span: a multiple of chunk, <= ~1 MB per thread) and
+  the buffers are added after each span, in a fixed order (deterministic for a given
+  thread count). One barrier per span, none per chunk: on a busy machine barriers cost.
 * Inputs in float16/bfloat16 are converted to float32 copies first (numba has no bf16);
   outputs and gradients are returned in the inputs' dtypes. With float32 inputs no copy of
   u/delta/z is made (non-contiguous inputs are made contiguous, as mamba_ssm does).
@@ -43,8 +48,10 @@ Formulation (chosen by measurement, bench/scan.py; figures on the 2-core Zen 3 d
 Memory for forward+backward beyond the tensors the API takes and returns: B and C
 transposed (2*batch*groups*L*N floats), the chunk-start states, and per-thread buffers.
 
-The first call compiles the two kernels (cached on disk by numba, `cache=True`); later
-processes load them from the cache.
+The first call compiles the two kernels (cached on disk by numba, `cache=True`, in
+kernels/__pycache__): measured 12-17 s for both on the shared 2-core box (up to ~55 s when
+it was heavily loaded); a later process loads them from the cache in ~0.3-2 s.
+`set_threads_from_affinity()` sizes numba's pool to the CPUs the process may use.
 """
 
 from __future__ import annotations
