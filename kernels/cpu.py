@@ -66,6 +66,7 @@ from numba import njit, prange
 __all__ = ["selective_scan_cpu", "DEFAULT_CHUNK", "set_threads_from_affinity"]
 
 DEFAULT_CHUNK = 256
+_THREADS_SET = False
 
 # Fast math without nnan/ninf: a NaN in the inputs still comes out as NaN.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
@@ -603,6 +604,10 @@ def selective_scan_cpu(
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   return_last_state, initial_state=initial_state,
                                   seq_idx=seq_idx)
+    global _THREADS_SET
+    if not _THREADS_SET:  # once: no more numba threads than CPUs we may run on
+        set_threads_from_affinity()
+        _THREADS_SET = True
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, dim, L), got {tuple(u.shape)}")
     if chunk < 1 or (span is not None and (span < chunk or span % chunk)):
