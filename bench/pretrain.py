@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=2)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--peer-max-len", type=int, default=16384)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per row before giving up")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -132,7 +133,12 @@ def main() -> None:
                 continue
             cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{impl}:{L}:{ck}",
                    "--d-model", str(a.d_model), "--n-layer", str(a.n_layer), "--reps", str(a.reps)]
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{impl:<14}{'yes' if ck else 'no':>10}{L:>10}{'-':>10}{'-':>10}{'-':>14}  "
+                      f"not finished within --timeout {a.timeout:g} s", flush=True)
+                continue
             if p.returncode != 0:
                 err = (p.stderr.strip().splitlines() or ["?"])[-1][:80]
                 print(f"{impl:<14}{'yes' if ck else 'no':>10}{L:>10}{'-':>10}{'-':>10}{'-':>14}  failed: {err}")
