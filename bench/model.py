@@ -194,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mem-limit-gb", type=float, default=12.0)
     ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (stream: --stream 0 skips it)")
     ap.add_argument("--child", nargs=5, metavar=("IMPL", "MODE", "L", "HF_DIR", "OURS_DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--check", nargs=2, metavar=("HF_DIR", "OURS_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
         hf_dir, ours_dir = build_checkpoint(root)
         chk = run_child("--check", hf_dir, ours_dir)
         log(f"same-weights check, max |logits - ours| at L=1024: {chk}")
-        for mode in ("fwd", "fwdbwd"):
+        for mode in [m for m in ("fwd", "fwdbwd") if m in args.modes.split(",")]:
             for impl in impls:
                 prev = None  # (L, peak over base) of the previous length
                 for L in lengths:
@@ -258,7 +259,7 @@ def main(argv=None) -> int:
                     rows.append((impl, mode, L, L / t, r["peak_gb"], f"min of {len(r['times'])}, {t:.2f} s"))
                     log(f"  {L / t:,.0f} tokens/s, peak {r['peak_gb']:.2f} GB ({r['times']})")
                     prev = (L, max(r["peak_gb"] - r["base_gb"], 0.05))
-        if "ours" in impls:
+        if "ours" in impls and stream > 0:
             log(f"ours streamed forward L={stream} in pieces of {args.piece} ...")
             r = run_child("--child", "ours", "stream", str(stream), hf_dir, ours_dir, "--reps", str(reps),
                           "--piece", str(args.piece))
