@@ -15,14 +15,10 @@ Reports, confusion PNGs and classifiers land in --out (default a temp folder).
 
 from __future__ import annotations
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))  # bench/tokenize.py shadows stdlib tokenize
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
 import argparse  # noqa: E402
+import os
 import platform  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 

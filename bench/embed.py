@@ -18,16 +18,12 @@ beside the bare one-pass forward on 2^18 bp (one pass holds O(L * d_inner) activ
 
 from __future__ import annotations
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))  # bench/tokenize.py shadows stdlib tokenize
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os
 import platform  # noqa: E402
 import subprocess  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

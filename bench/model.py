@@ -31,10 +31,6 @@ import sys
 import tempfile
 import time
 
-# Scripts in bench/ may be named like stdlib modules (bench/tokenize.py): keep this script's
-# folder off sys.path so `import torch` does not pick them up.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 # torch and numba each run an OpenMP pool; idle threads spinning in one starve the other on
 # a loaded machine. Sleep when idle (applies to every implementation measured here).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -25,7 +25,6 @@ import sys
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 DATA = os.environ.get("MAMBA_DNA_DATA", os.path.join(_HERE, "..", "..", "shared", "data"))
 

@@ -17,16 +17,10 @@ method one. Every timing is the minimum of `--repeats` runs (the machine is shar
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/tokenize.py (the tokenize benchmark) would shadow the standard library's `tokenize`
-# (which torch imports) when this file runs as `python bench/score.py`: drop bench/ from the path
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
 import argparse  # noqa: E402
+import os
 import platform  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -27,10 +27,6 @@ import platform
 import sys
 import time
 
-# Scripts in bench/ may be named like stdlib modules (bench/tokenize.py): keep this script's
-# folder off sys.path so `import torch` does not pick them up.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
-
 # torch and numba each run an OpenMP pool; on a shared, loaded machine spinning idle
 # threads of one starve the other (measured: 4 s vs 0.15 s per step). Sleep when idle.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
