@@ -500,14 +500,14 @@ def demo(
     out: str = typer.Option("runs/demo", "--out", "-o", help="Output directory (report.md, plots, model)."),
     data: str = typer.Option(None, "--data", help="Data folder [$MAMBA_DNA_DATA, else ../shared/data]."),
     quick: bool = typer.Option(False, "--quick", help="Toy-scale run (< 1 min) that checks the plumbing."),
-    minutes: float = typer.Option(None, "--minutes", help="Pretraining wall-clock budget [3]."),
+    minutes: float = typer.Option(None, "--minutes", help="Pretraining wall-clock budget [4]."),
     steps: int = typer.Option(None, "--steps", help="Pretraining steps instead of a time budget."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
     """The whole system on real genomes in minutes on a CPU: tokenize, pretrain, score, embed,
     classify, each beside its baseline; writes OUT/report.md and prints the headline figures.
 
-    Example:  mamba-dna demo --out runs/demo --minutes 3
+    Example:  mamba-dna demo --out runs/demo --minutes 4
     """
     from mamba_dna.pipelines.demo import DemoConfig, format_headline, run_demo
 

@@ -68,6 +68,7 @@ CORPUS_EXCLUDE = ("dengue", "mpox_clade-iib")
 SEROTYPE_RE = r"_(DENV[1-4])$"
 FITNESS_BAD, FITNESS_OK = -3.0, -0.5  # Bloom & Neher: clearly deleterious vs tolerated
 LN2 = math.log(2.0)
+OUTPUTS = ("report.md", "summary.json", "shards", "pretrain", "score", "embed", "classify")
 
 
 # --------------------------------------------------------------------------- config
@@ -88,7 +89,7 @@ class Preset:
     eval_windows: int
     n_evals: int  # validation passes over the run (the curve's points)
     markov_orders: list[int]
-    score_region_bp: int | None  # quick: score only the first bases of each reference
+    score_region_bp: int | None  # quick: score only the first bases of SARS-CoV-2
     embed_bp: int | None  # quick: embed only the first bases of each genome (BED)
     classify_window: int
     classify_lengths: list[int]
@@ -97,7 +98,7 @@ class Preset:
     kmer_ks: list[int] | None = None  # k-mer baseline's k search (None: classify's 3..6)
 
 
-FULL = Preset(d_model=128, n_layer=2, seq_len=1024, batch_size=8, minutes=3.0, steps=None,
+FULL = Preset(d_model=128, n_layer=2, seq_len=1024, batch_size=8, minutes=4.0, steps=None,
               min_steps=10, lr=3e-3, eval_windows=32, n_evals=6,
               markov_orders=list(range(0, 11)), score_region_bp=None, embed_bp=None,
               classify_window=2048, classify_lengths=[512, 2048, 8192],
@@ -111,6 +112,8 @@ QUICK = Preset(d_model=32, n_layer=1, seq_len=256, batch_size=4, minutes=None, s
 
 @dataclass
 class DemoConfig:
+    """Options of `mamba-dna demo` (saved as OUT/config.json with the resolved preset)."""
+
     out: str = "runs/demo"
     data: str | None = None  # None: $MAMBA_DNA_DATA, then ../shared/data
     quick: bool = False
@@ -318,8 +321,6 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
     pcfg.eval_every = max(1, steps // p.n_evals)
     pcfg.checkpoint_every = steps  # checkpoints are not the demo's point: final (+ best) only
 
-    if out.exists():  # a previous demo's run: start over (its config may differ)
-        shutil.rmtree(out)
     stop = mdist.StopFlag()
     deadline = time.time() + 1.5 * minutes * 60 + 30 if minutes is not None else None
 
@@ -350,7 +351,7 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
         "budget_minutes": minutes, "calibration": cal,
         "tokens_per_s": summary.get("train_tokens_per_s"),
         "val_bits_per_base": vals[-1]["bits_per_base"] if vals else None,
-        "best_val_bits_per_base": summary.get("best_val_bits_per_base"),
+        "best_val_bits_per_base": min((r["bits_per_base"] for r in vals), default=None),
         "first_val_bits_per_base": vals[0]["bits_per_base"] if vals else None,
         "last_train_bits_per_base": trains[-1]["bits_per_base"] if trains else None,
         "val_bases": vals[-1]["val_bases"] if vals else None,
@@ -446,7 +447,10 @@ def stage_score(cfg: DemoConfig, data: Path, model_dir: Path, shards: Path, orde
                     f"order {order} (chosen in pretraining), fitted on the same training windows",
                     corpus_mm),
                    ("markov_ref", f"Markov-{ref_mm.order} (reference)",
-                    "fitted on the scored reference itself, order chosen on its last 10%", ref_mm)]
+                    "fitted on the scored reference itself, order chosen on its last 10%", ref_mm),
+                   ("composition", "Markov-0 (composition)",
+                    "base frequencies of the reference only: what composition alone gives",
+                    load_scorer("markov:0", genome))]
         row = {"set": s["name"], "key": s["key"], "metric": s["metric"], "scorers": {}}
         for key, name, desc, scorer in scorers:
             tsv = out / f"{s['key']}.{key}.tsv"
@@ -685,7 +689,10 @@ def write_report(res: dict, out: Path) -> Path:
           f"Mamba LM, n_layer {pt['n_layer']}, d_model {pt['d_model']} ({pt['parameters'] or 0:,} "
           f"parameters), next-base prediction on {pt['batch_size']} x {pt['seq_len']:,} bp per step, "
           f"reverse-complement augmentation; {pt['steps']} steps ({pt['tokens']:,} tokens) in "
-          f"{pt['seconds']:.0f} s on {pt['device']}, {budget}.", "",
+          f"{pt['seconds']:.0f} s on {pt['device']}, {budget}."
+          + (f" Stopped after {pt['steps']} of {pt['planned_steps']} planned steps at 1.5x the "
+             "budget: the machine was busier than during calibration."
+             if pt["steps"] < pt["planned_steps"] else ""), "",
           "| model (validation: held-out regions) | bits per base |", "|---|---|",
           f"| Mamba LM, final | {_fmt(pt['val_bits_per_base'], 4)} |",
           f"| Mamba LM, best | {_fmt(pt['best_val_bits_per_base'], 4)} |",
@@ -716,7 +723,9 @@ def write_report(res: dict, out: Path) -> Path:
                      + " | ".join(_fmt(v["auroc_below"]) for v in vals) + " |")
     L += ["", "Scorers: " + "; ".join(f"**{sc['sets'][0]['scorers'][k]['name']}** = "
                                       f"{sc['sets'][0]['scorers'][k]['desc']}" for k in keys) + ".",
-          "Chance is rho 0 / AUROC 0.5.", "", f"![score distributions]({_rel(sc['plot'], out)})", ""]
+          "Chance is rho 0 / AUROC 0.5. Where a model's figure is close to Markov-0's, its LLR "
+          "says little beyond base composition.", "",
+          f"![score distributions]({_rel(sc['plot'], out)})", ""]
     L += ["## 4. Embeddings", "",
           f"`{_rel(em['h5'], out)}`: {em['n']} dengue genomes ({em['bp']:,} bp), mean-pooled final "
           f"hidden state (d = {em['d']}), forward strand; no dengue genome was in pretraining"
@@ -793,7 +802,8 @@ def format_headline(res: dict) -> str:
         metric = "Spearman rho" if s["metric"] == "spearman" else "AUROC"
         rows.append(("score", f"{s['set']}: {metric} {_fmt(v['network']['value'])} (Markov same "
                               f"corpus {_fmt(v['markov_corpus']['value'])}, Markov on the reference "
-                              f"{_fmt(v['markov_ref']['value'])}), n={v['network']['n']:,}"))
+                              f"{_fmt(v['markov_ref']['value'])}, composition only "
+                              f"{_fmt(v['composition']['value'])}), n={v['network']['n']:,}"))
     rows.append(("embed", f"{em['n']} dengue genomes: serotype LOO 1-NN {_fmt(em['loo_1nn_model'])} "
                           f"(4-mer profiles {_fmt(em['loo_1nn_kmer'])})"))
     rows.append(("classify", f"dengue serotype from {cl['window']:,} bp windows of held-out genomes: "
@@ -830,6 +840,12 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ConfigError(f"--out {out}: directory exists and is not a demo output",
                           hint="choose a new --out or remove the directory")
     out.mkdir(parents=True, exist_ok=True)
+    for old in OUTPUTS:  # a previous demo's results: nothing stale survives a re-run
+        path = out / old
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     write_json(out / "config.json", {**asdict(cfg), "data_resolved": str(data),
                                      "mamba_dna_version": __version__})
     log.info(f"demo: data {data}, output {out}{' (quick mode)' if cfg.quick else ''}; {_machine()}")

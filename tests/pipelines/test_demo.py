@@ -137,7 +137,7 @@ def check_output(out: Path, res: dict) -> None:
         assert len(row) == 1, s["set"]
         nums = floats_in_row(row[0], s["set"])
         n, vals = nums[0], nums[1:]
-        assert n == s["scorers"]["network"]["n"] > 0 and len(vals) == 3
+        assert n == s["scorers"]["network"]["n"] > 0 and len(vals) == 4
         lo = -1 if s["metric"] == "spearman" else 0
         assert all(lo <= v <= 1 for v in vals)
         assert vals[0] == pytest.approx(h[f"{s['key']}_{s['metric']}_network"], abs=1e-3)
