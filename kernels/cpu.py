@@ -246,6 +246,118 @@ def _scan_fwd_kernel(
                     out[b, d, t] = y
 
 
+@njit(inline="always", fastmath=_FASTMATH)
+def _bwd_channel(
+    NN, ins, outs, Bf, Cf, A, D, bias, keep, saved, carry, gBp, gCp,
+    has_z, has_keep, softplus, b, d, bc0, c, t0, m, sp0, bufs, abits, tbits,
+):
+    """One channel's chunk of the backward (see `_scan_bwd_kernel`); leaves the chunk's dA
+    in gA_ and returns its (dD, d delta_bias) sums.
+
+    NN is the state size: the caller passes a literal 16 so LLVM knows the inner trip
+    count (with a runtime 16 the loop is shorter than the unrolled vector body and runs
+    scalar). Tuples keep the call under 30 arguments (more compile to a *args call, which
+    numba cannot inline). ins: u, delta, z, gout; outs: gu, gdelta, gz (batch, dim, L);
+    bufs: the per-thread buffers (see the caller); bc0: offset of row t0 of this
+    channel's B/C in Bf/Cf; sp0: offset of row t0 in this thread's dB/dC span share.
+    """
+    u, delta, z, gout = ins
+    gu, gdelta, gz = outs
+    a_, h_, g_, gA_, dtb, dsig, zsig, gyv, dtuv, tmp = bufs
+    Ad = A[d]  # (NN,)
+    Dd = D[d]
+    _prepass(delta, z, bias[d], b, d, t0, m, softplus, has_z,
+             dtb, dsig, zsig, tmp, tbits)
+    # 1) exp(dt*A) of the whole chunk in one flat vectorised pass
+    for i in range(m):
+        dt = dtb[i]
+        dtuv[i] = dt * u[b, d, t0 + i]
+        for n in range(NN):
+            a_[i * NN + n] = dt * Ad[n]
+    _vexp(a_, a_, abits, m * NN)
+    if has_keep:
+        for i in range(m):
+            if keep[b, t0 + i] == 0:
+                for n in range(NN):
+                    a_[i * NN + n] = _ZERO
+    # 2) the chunk's states from its saved start state
+    for n in range(NN):
+        h_[n] = saved[c, b, d, n]
+    for i in range(m):
+        dtu = dtuv[i]
+        r0 = i * NN
+        for n in range(NN):
+            h_[r0 + NN + n] = a_[r0 + n] * h_[r0 + n] + dtu * Bf[bc0 + r0 + n]
+    # 3) dLoss/dy (and dz through the gate)
+    if has_z:
+        for i in range(m):
+            r0 = i * NN
+            acc = _ZERO
+            for n in range(NN):
+                acc += h_[r0 + NN + n] * Cf[bc0 + r0 + n]
+            t = t0 + i
+            uu = u[b, d, t]
+            go = gout[b, d, t]
+            zz = z[b, d, t]
+            sz = zsig[i]
+            y = acc + Dd * uu
+            gz[b, d, t] = go * y * sz * (_ONE + zz * (_ONE - sz))
+            gyv[i] = go * zz * sz
+    else:
+        for i in range(m):
+            gyv[i] = gout[b, d, t0 + i]
+    # 4) adjoint recurrence g_t = a_{t+1} g_{t+1} + gy_t C_t, t descending
+    gh = carry[b, d]  # (NN,) view: dLoss/dh carried from the future
+    r0 = (m - 1) * NN
+    gy = gyv[m - 1]
+    for n in range(NN):
+        g_[r0 + n] = gh[n] + gy * Cf[bc0 + r0 + n]
+    for i in range(m - 2, -1, -1):
+        r0 = i * NN
+        gy = gyv[i]
+        for n in range(NN):
+            g_[r0 + n] = g_[r0 + NN + n] * a_[r0 + NN + n] + gy * Cf[bc0 + r0 + n]
+    for n in range(NN):
+        gh[n] = g_[n] * a_[n]  # carried to the previous chunk
+    # 5) gradients: dC, dB (this thread's span share), dA, u, delta, D, bias
+    for i in range(m):
+        r0 = i * NN
+        gy = gyv[i]
+        for n in range(NN):
+            gCp[sp0 + r0 + n] += gy * h_[r0 + NN + n]
+    for i in range(m):
+        r0 = i * NN
+        dtu = dtuv[i]
+        for n in range(NN):
+            gBp[sp0 + r0 + n] += g_[r0 + n] * dtu
+    for n in range(NN):
+        gA_[n] = _ZERO
+    gD_acc = 0.0
+    gb_acc = 0.0
+    for i in range(m):
+        r0 = i * NN
+        dt = dtb[i]
+        s_bu = _ZERO  # sum_n g_n B_n
+        s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
+        for n in range(NN):
+            gn = g_[r0 + n]
+            ga = gn * h_[r0 + n] * a_[r0 + n]
+            s_bu += gn * Bf[bc0 + r0 + n]
+            s_ga += ga * Ad[n]
+            gA_[n] += ga * dt
+        t = t0 + i
+        uu = u[b, d, t]
+        gy = gyv[i]
+        gdt = s_ga + s_bu * uu
+        gu[b, d, t] = s_bu * dt + gy * Dd
+        if softplus:
+            gdt = gdt * dsig[i]
+        gdelta[b, d, t] = gdt
+        gD_acc += gy * uu
+        gb_acc += gdt
+    return gD_acc, gb_acc
+
+
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _scan_bwd_kernel(
     u, delta, z, Bt, Ct, A, D, bias, keep, saved, gout,
@@ -259,9 +371,12 @@ def _scan_bwd_kernel(
     (batch, dim, N), gD64, gbias64 (batch, dim) float64. carry (batch, dim, N): the
     gradient of the last state in, of the initial state out.
 
-    Threads own blocks of channels and walk `span` positions (a multiple of `chunk`)
-    without synchronising; then their dB/dC shares for the span are added (one barrier
-    per span, not per chunk: barriers are what a busy machine makes expensive).
+    Per chunk and channel, every step is a loop with one store over flat (chunk*N)
+    per-thread buffers (row i at i*N): the chunk's exp(dt*A) in one vectorised pass, the
+    states, the adjoint states, then the gradients. Threads own blocks of channels and walk
+    `span` positions (a multiple of `chunk`) without synchronising; then their dB/dC shares
+    for the span are added (one barrier per span, not per chunk: barriers are what a busy
+    machine makes expensive).
     """
     batch, dim, L = u.shape
     G = Bt.shape[1]
@@ -269,10 +384,13 @@ def _scan_bwd_kernel(
     per_group = dim // G
     BD = batch * dim
     n_spans = (L + span - 1) // span
-    # Per-thread buffers: (chunk, N) for the recomputation, (span, N) per (batch, group)
-    # for the thread's share of dB and dC.
-    gBp = np.zeros((n_parts, batch, G, span, N), np.float32)  # this thread's dB share
-    gCp = np.zeros((n_parts, batch, G, span, N), np.float32)  # this thread's dC share
+    Bf = Bt.reshape(Bt.size)  # (batch*G*L*N,) row (b, g, t) at ((b*G + g)*L + t)*N
+    ins = (u, delta, z, gout)
+    outs = (gu, gdelta, gz)
+    Cf = Ct.reshape(Ct.size)
+    # Per-thread shares of dB and dC for the current span: (n_parts, batch, G, span, N).
+    gBp = np.zeros(n_parts * batch * G * span * N, np.float32)
+    gCp = np.zeros(n_parts * batch * G * span * N, np.float32)
     RB = 64  # positions per block of the reduction
     n_blk = (span + RB - 1) // RB
     for s in range(n_spans - 1, -1, -1):
@@ -283,110 +401,45 @@ def _scan_bwd_kernel(
         for p in prange(n_parts):
             lo = p * BD // n_parts
             hi = (p + 1) * BD // n_parts
-            a_ = np.empty((chunk, N), np.float32)  # exp(dt*A) * keep of the chunk
-            h_ = np.empty((chunk + 1, N), np.float32)  # [0]: start state, [i+1]: h_t
-            bits = np.empty(N, np.int32)
-            scale = bits.view(np.float32)
-            pm = np.empty(N, np.float32)
+            # Flat (chunk, N) buffers, row i at [i*N, (i+1)*N).
+            a_ = np.empty(chunk * N, np.float32)  # exp(dt_t A) * keep_t
+            abits = np.empty(chunk * N, np.int32)
+            h_ = np.empty((chunk + 1) * N, np.float32)  # row 0: start state, i+1: h_t
+            g_ = np.empty(chunk * N, np.float32)  # dLoss/dh_t
             gA_ = np.empty(N, np.float32)
-            gnb = np.empty(N, np.float32)  # dLoss/dh_t
-            hv = np.empty(N, np.float32)  # running state
             dtb = np.empty(chunk, np.float32)  # dt of the chunk
             dsig = np.empty(chunk, np.float32)  # sigmoid(delta + bias)
             zsig = np.empty(chunk, np.float32)  # sigmoid(z)
+            gyv = np.empty(chunk, np.float32)  # dLoss/dy_t
+            dtuv = np.empty(chunk, np.float32)  # dt_t * u_t
             tmp = np.empty(chunk, np.float32)
             tbits = np.empty(chunk, np.int32)
+            bufs = (a_, h_, g_, gA_, dtb, dsig, zsig, gyv, dtuv, tmp)
             for c in range(c_hi - 1, c_lo - 1, -1):
                 t0 = c * chunk
                 t1 = min(t0 + chunk, L)
+                m = t1 - t0
                 for bd in range(lo, hi):
                     b = bd // dim
                     d = bd - b * dim
                     g = d // per_group
-                    Ad = A[d]  # (N,)
-                    Dd = D[d]
-                    _prepass(delta, z, bias[d], b, d, t0, t1 - t0, softplus, has_z,
-                             dtb, dsig, zsig, tmp, tbits)
-                    # 1) recompute exp(dt*A) and the chunk's states from its start state
-                    for n in range(N):
-                        h_[0, n] = saved[c, b, d, n]
-                        hv[n] = saved[c, b, d, n]
-                    for t in range(t0, t1):
-                        i = t - t0
-                        dt = dtb[i]
-                        dtu = dt * u[b, d, t]
-                        kf = _ONE
-                        if has_keep and keep[b, t] == 0:
-                            kf = _ZERO
-                        for n in range(N):
-                            pm[n], bits[n] = _exp_parts(dt * Ad[n])
-                        ai = a_[i]
-                        hrow = h_[i + 1]
-                        for n in range(N):
-                            an = pm[n] * scale[n] * kf  # keep folded in
-                            ai[n] = an
-                            hn = an * hv[n] + dtu * Bt[b, g, t, n]
-                            hv[n] = hn
-                            hrow[n] = hn
-                    # 2) adjoint recurrence, t from t1-1 down to t0
-                    gh = carry[b, d]  # (N,) view: dLoss/dh_t carried from the future
-                    for n in range(N):
-                        gA_[n] = _ZERO
-                    gD_acc = 0.0
-                    gb_acc = 0.0
-                    for t in range(t1 - 1, t0 - 1, -1):
-                        i = t - t0
-                        j = t - s0  # position in the span buffers
-                        dt = dtb[i]
-                        uu = u[b, d, t]
-                        dtu = dt * uu
-                        go = gout[b, d, t]
-                        gy = go
-                        if has_z:
-                            zz = z[b, d, t]
-                            sz = zsig[i]
-                            gy = go * zz * sz
-                            acc = _ZERO
-                            for n in range(N):
-                                acc += h_[i + 1, n] * Ct[b, g, t, n]
-                            y = acc + Dd * uu
-                            gz[b, d, t] = go * y * sz * (_ONE + zz * (_ONE - sz))
-                        # Short loops with one store each, over row views, vectorise;
-                        # a fused loop with four stores into 2-D buffers did not.
-                        ai = a_[i]  # (N,) exp(dt_t A) * keep_t
-                        hp = h_[i]  # (N,) h_{t-1}
-                        hc = h_[i + 1]  # (N,) h_t
-                        Bn = Bt[b, g, t]  # (N,)
-                        Cn = Ct[b, g, t]  # (N,)
-                        gBr = gBp[p, b, g, j]  # (N,)
-                        gCr = gCp[p, b, g, j]  # (N,)
-                        for n in range(N):
-                            gn = gh[n] + gy * Cn[n]  # dLoss/dh_t
-                            gnb[n] = gn
-                            gh[n] = gn * ai[n]  # carried to t-1
-                        s_bu = _ZERO  # sum_n g_n B_n
-                        s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
-                        for n in range(N):
-                            ga = gnb[n] * hp[n] * ai[n]
-                            s_bu += gnb[n] * Bn[n]
-                            s_ga += ga * Ad[n]
-                            gA_[n] += ga * dt
-                        for n in range(N):
-                            gCr[n] += gy * hc[n]
-                        for n in range(N):
-                            gBr[n] += gnb[n] * dtu
-                        gdt = s_ga + s_bu * uu
-                        gu[b, d, t] = s_bu * dt + gy * Dd
-                        if softplus:
-                            gdt = gdt * dsig[i]
-                        gdelta[b, d, t] = gdt
-                        gD_acc += gy * uu
-                        gb_acc += gdt
+                    bc0 = ((b * G + g) * L + t0) * N  # row t0 of B, C in Bf, Cf
+                    sp0 = (((p * batch + b) * G + g) * span + (t0 - s0)) * N  # span share
+                    if N == 16:
+                        gD_acc, gb_acc = _bwd_channel(
+                            16, ins, outs, Bf, Cf, A, D, bias, keep, saved, carry, gBp,
+                            gCp, has_z, has_keep, softplus, b, d, bc0, c, t0, m, sp0,
+                            bufs, abits, tbits)
+                    else:
+                        gD_acc, gb_acc = _bwd_channel(
+                            N, ins, outs, Bf, Cf, A, D, bias, keep, saved, carry, gBp,
+                            gCp, has_z, has_keep, softplus, b, d, bc0, c, t0, m, sp0,
+                            bufs, abits, tbits)
                     for n in range(N):
                         gA64[b, d, n] += gA_[n]
                     gD64[b, d] += gD_acc
                     gbias64[b, d] += gb_acc
-        # 3) add the threads' shares of dB, dC for this span (fixed order), reset them
+        # 6) add the threads' shares of dB, dC for this span (fixed order), reset them
         for r in prange(batch * G * n_blk):
             b = r // (G * n_blk)
             g = (r // n_blk) % G
@@ -399,14 +452,13 @@ def _scan_bwd_kernel(
                     oB[n] = _ZERO
                     oC[n] = _ZERO
                 for p in range(n_parts):
-                    pB = gBp[p, b, g, j]  # (N,)
-                    pC = gCp[p, b, g, j]  # (N,)
+                    q0 = (((p * batch + b) * G + g) * span + j) * N
                     for n in range(N):
-                        oB[n] += pB[n]
-                        pB[n] = _ZERO
+                        oB[n] += gBp[q0 + n]
+                        gBp[q0 + n] = _ZERO
                     for n in range(N):
-                        oC[n] += pC[n]
-                        pC[n] = _ZERO
+                        oC[n] += gCp[q0 + n]
+                        gCp[q0 + n] = _ZERO
 
 
 # ----------------------------------------------------------------------------- host side
