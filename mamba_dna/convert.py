@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mamba_dna.errors import ConfigError, InputError
+from mamba_dna.fsutil import read_json_object
 from mamba_dna.model import DNA_TOKENIZER, MambaConfig, MambaLM
 from mamba_dna.tokenizer import VOCAB_SIZE, TokenizerSpec
 
@@ -33,15 +34,7 @@ def _read_config(src: Path) -> dict:
     path = src / "config.json"
     if not src.is_dir():
         raise InputError(f"{src}: not a directory (expected a checkpoint directory with config.json)")
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file (a checkpoint directory holds config.json)") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(d, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return d
+    return read_json_object(path, "a checkpoint directory holds config.json")
 
 
 def detect_format(src: str | os.PathLike) -> str:

@@ -138,15 +138,9 @@ class MambaConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> MambaConfig:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file (a model directory holds {CONFIG_NAME})") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(d, dict):
-            raise InputError(f"{path}: expected a JSON object of MambaConfig fields")
+        from mamba_dna.fsutil import read_json_object
+
+        d = read_json_object(path, f"a model directory holds {CONFIG_NAME}")
         return cls.from_dict(d, where=str(path))
 
 

@@ -11,13 +11,25 @@ needed: the parts are files, written atomically, so rank 0 only waits for them t
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from mamba_dna import log
 from mamba_dna.distributed import detect
-from mamba_dna.errors import MambaDNAError
+from mamba_dna.errors import ConfigError, MambaDNAError
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`--shard i/n` (0-based) -> (i, n); None or "" -> (0, 1)."""
+    if not text:
+        return 0, 1
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not (0 <= int(m.group(1)) < int(m.group(2))):
+        raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n (0-based, e.g. 0/8 "
+                          "... 7/8; with SLURM use $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return int(m.group(1)), int(m.group(2))
 
 
 def launcher_shard(explicit: str | None) -> tuple[int, int] | None:

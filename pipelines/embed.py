@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from mamba_dna import log
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import sha256_file
 from mamba_dna.io import hdf5
+from mamba_dna.rankshard import parse_shard
 from mamba_dna.tokenizer import PAD, reverse_complement
 
 POOLS = ("mean", "max", "last", "none")
@@ -308,16 +308,6 @@ class EmbedConfig:
         if self.piece < 1:
             raise ConfigError(f"piece {self.piece} must be >= 1")
         parse_shard(self.shard)
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    if not text:
-        return 0, 1
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m or not (0 <= int(m.group(1)) < int(m.group(2))):
-        raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n (0-based, e.g. 0/8 "
-                          "... 7/8; with SLURM use $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
-    return int(m.group(1)), int(m.group(2))
 
 
 def shard_path(out: Path, shard: str | None) -> Path:

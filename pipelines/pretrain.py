@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from mamba_dna import distributed as mdist
 from mamba_dna import log
 from mamba_dna.errors import ConfigError, InputError, MambaDNAError
-from mamba_dna.fsutil import atomic_dir, atomic_path, write_json
+from mamba_dna.fsutil import atomic_dir, atomic_path, read_json_object, write_json
 from mamba_dna.tokenizer import BASES
 from mamba_dna.tokenizer import N as N_ID
 
@@ -177,13 +177,7 @@ class PretrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PretrainConfig:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file (a pretrain run directory holds config.json)") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        d = read_json_object(path, "a pretrain run directory holds config.json")
         return cls.from_dict(d, where=str(path))
 
 

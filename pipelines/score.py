@@ -71,6 +71,7 @@ from mamba_dna.io.vcf import (
     parse_aliases,
     read_tsv,
 )
+from mamba_dna.rankshard import parse_shard
 from mamba_dna.tokenizer import N, encode, reverse_complement
 
 SCORES = ("llr", "dll")
@@ -469,15 +470,6 @@ def parse_region(spec: str | None) -> tuple[str, int, int] | None:
     if a < 1 or b < a:
         raise ConfigError(f"--region {spec!r}: expected 1 <= start <= end")
     return chrom, a - 1, b
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    if not spec:
-        return 0, 1
-    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
-    if not m or not int(m.group(1)) < int(m.group(2)):
-        raise ConfigError(f"--shard {spec!r}: expected i/n with 0 <= i < n (e.g. 0/8)")
-    return int(m.group(1)), int(m.group(2))
 
 
 def _out_kind(out: str) -> str:
