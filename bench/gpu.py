@@ -32,6 +32,57 @@ def _timeit(fn, sync, reps=5):
     return best
 
 
+def _case(dim, L, N, dtype, dev, g, check_channels, sync, peer_scan, scan, scan_cpu):
+    """One (dim, L, dtype) row: check against the CPU path on a channel subset, then time."""
+    import torch
+
+    def mk(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dev, dtype)
+
+    u, z = mk(1, dim, L), mk(1, dim, L)  # (1, dim, L)
+    delta = mk(1, dim, L, scale=0.5)  # (1, dim, L)
+    B, C = mk(1, N, L), mk(1, N, L)  # (1, N, L)
+    A = -torch.rand(dim, N, generator=g).to(dev).add_(0.5)  # (dim, N)
+    D = torch.randn(dim, generator=g).to(dev)
+    bias = torch.randn(dim, generator=g).to(dev) * 0.1
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z)]
+
+    out, last = scan(u, delta, A, B, C, D, z, bias, True, True)
+    gout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, gout)
+    # CPU check on a subset of channels (B, C grads need all channels: compare only the
+    # per-channel outputs and gradients).
+    idx = torch.randperm(dim, generator=g)[:check_channels].to(dev)
+    sl = [t.detach()[:, idx].cpu().float().requires_grad_() for t in (u, delta, z)]
+    o_ref, last_ref = scan_cpu(
+        sl[0], sl[1], A.detach()[idx].cpu(), B.detach().cpu().float(), C.detach().cpu().float(),
+        D.detach()[idx].cpu(), sl[2], bias[idx].cpu(), True, True,
+    )
+    g_ref = torch.autograd.grad(o_ref, sl, gout[:, idx].cpu().float())
+    tol = dict(rtol=3e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=6e-4, atol=2e-3)
+    checks = {
+        "out": (out[:, idx].float().cpu(), o_ref.float()),
+        "last_state": (last[:, idx].float().cpu(), last_ref),
+        "du": (grads[0][:, idx].float().cpu(), g_ref[0]),
+        "ddelta": (grads[1][:, idx].float().cpu(), g_ref[1]),
+        "dz": (grads[6][:, idx].float().cpu(), g_ref[2]),
+    }
+    bad = [k for k, (a, b) in checks.items() if not torch.allclose(a, b, **tol)]
+
+    def fwd(fn):
+        return lambda: fn(u, delta, A, B, C, D, z, bias, True)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(u, delta, A, B, C, D, z, bias, True), leaves, gout)
+
+    t_f, t_fb = _timeit(fwd(scan), sync), _timeit(fwd_bwd(scan), sync)
+    p_f = p_fb = float("nan")
+    if peer_scan is not None:
+        p_f, p_fb = _timeit(fwd(peer_scan), sync), _timeit(fwd_bwd(peer_scan), sync)
+    return (dim, L, str(dtype).split(".")[-1], "ok" if not bad else "FAIL " + ",".join(bad),
+            t_f * 1e3, t_fb * 1e3, p_f * 1e3, p_fb * 1e3)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small size only")
@@ -73,59 +124,10 @@ def main(argv=None) -> int:
     for dim in dims:
         for L in lengths:
             for dtype in (torch.bfloat16, torch.float32):
-                def mk(*shape, scale=1.0):
-                    return (torch.randn(*shape, generator=g) * scale).to(dev, dtype)
-
-                u, z = mk(1, dim, L), mk(1, dim, L)
-                delta = mk(1, dim, L, scale=0.5)
-                B, C = mk(1, N, L), mk(1, N, L)
-                A = -torch.rand(dim, N, generator=g).to(dev).add_(0.5)
-                D = torch.randn(dim, generator=g).to(dev)
-                bias = torch.randn(dim, generator=g).to(dev) * 0.1
-                leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z)]
-
-                out, last = selective_scan_triton(u, delta, A, B, C, D, z, bias, True, True)
-                gout = torch.randn_like(out)
-                grads = torch.autograd.grad(out, leaves, gout)
-                # CPU check on a subset of channels (B, C grads need all channels: compare
-                # only the per-channel outputs and grads).
-                idx = torch.randperm(dim, generator=g)[: args.check_channels].to(dev)
-                sl = [t.detach()[:, idx].cpu().float().requires_grad_() for t in (u, delta, z)]
-                o_ref, last_ref = selective_scan_cpu(
-                    sl[0], sl[1], A.detach()[idx].cpu(), B.detach().cpu().float(),
-                    C.detach().cpu().float(), D.detach()[idx].cpu(), sl[2], bias[idx].cpu(),
-                    True, True,
-                )
-                g_ref = torch.autograd.grad(o_ref, sl, gout[:, idx].cpu().float())
-                tol = dict(rtol=3e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=6e-4, atol=2e-3)
-                checks = {
-                    "out": (out[:, idx].float().cpu(), o_ref.float()),
-                    "last_state": (last[:, idx].float().cpu(), last_ref),
-                    "du": (grads[0][:, idx].float().cpu(), g_ref[0]),
-                    "ddelta": (grads[1][:, idx].float().cpu(), g_ref[1]),
-                    "dz": (grads[6][:, idx].float().cpu(), g_ref[2]),
-                }
-                bad = [k for k, (a, b) in checks.items() if not torch.allclose(a, b, **tol)]
-                failures += bool(bad)
-                t_f = _timeit(lambda: selective_scan_triton(u, delta, A, B, C, D, z, bias, True), sync)
-
-                def fb():
-                    o = selective_scan_triton(u, delta, A, B, C, D, z, bias, True)
-                    torch.autograd.grad(o, leaves, gout)
-
-                t_fb = _timeit(fb, sync)
-                p_f = p_fb = float("nan")
-                if peer_scan is not None:
-                    p_f = _timeit(lambda: peer_scan(u, delta, A, B, C, D, z, bias, True), sync)
-
-                    def pfb():
-                        o = peer_scan(u, delta, A, B, C, D, z, bias, True)
-                        torch.autograd.grad(o, leaves, gout)
-
-                    p_fb = _timeit(pfb, sync)
-                rows.append((dim, L, str(dtype).split(".")[-1], "ok" if not bad else "FAIL " + ",".join(bad),
-                             t_f * 1e3, t_fb * 1e3, p_f * 1e3, p_fb * 1e3))
-                del u, delta, z, B, C, out, grads
+                row = _case(dim, L, N, dtype, dev, g, args.check_channels, sync, peer_scan,
+                            selective_scan_triton, selective_scan_cpu)
+                failures += not row[3].startswith("ok")
+                rows.append(row)
                 torch.cuda.empty_cache()
 
     # decode step
