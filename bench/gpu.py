@@ -6,8 +6,9 @@
    against the fast CPU path (itself tested against the sequential reference), on a
    random subset of channels so the CPU side stays affordable at L = 2^20, and the Triton
    decode step against the reference step.
-2. Timings: forward, forward+backward of the scan, and one training step of a small
-   MambaLM, ours vs mamba_ssm's CUDA kernel when `mamba_ssm` is installed.
+2. Timings: forward, forward+backward of the scan, and one AdamW training step (bf16
+   autocast) of a MambaLM, ours vs mamba_ssm's CUDA kernel / MambaLMHeadModel when
+   `mamba_ssm` is installed.
 
 Prints a table. On a machine without a CUDA GPU it says so and exits 0.
 """
@@ -83,6 +84,50 @@ def _case(dim, L, N, dtype, dev, g, check_channels, sync, peer_scan, scan, scan_
             t_f * 1e3, t_fb * 1e3, p_f * 1e3, p_fb * 1e3)
 
 
+def _train_step_table(dev, sync, quick: bool) -> str:
+    """One AdamW training step (bf16 autocast) of a MambaLM, ours vs mamba_ssm's when installed."""
+    import torch
+
+    from mamba_dna.model import MambaConfig, MambaLM
+
+    d_model, n_layer, L, batch = (512, 4, 8192, 2) if quick else (768, 12, 32768, 2)
+    cfg = MambaConfig(d_model=d_model, n_layer=n_layer)
+    ids = torch.randint(4, 8, (batch, L), device=dev)  # (batch, L) A/C/G/T tokens
+    rows = [f"training step: {n_layer} layers x d_model {d_model}, batch {batch} x L {L}, bf16 autocast"]
+
+    def step_time(model, logits_of):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = logits_of(model, ids)  # (batch, L, vocab)
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        torch.cuda.reset_peak_memory_stats()
+        t = _timeit(step, sync, reps=3)
+        return t, torch.cuda.max_memory_allocated() / 2**30
+
+    ours = MambaLM(cfg).to(dev)
+    t, mem = step_time(ours, lambda m, x: m(x)[0])
+    rows.append(f"  mamba-dna  {t * 1e3:9.1f} ms  {batch * L / t:12,.0f} tokens/s  peak {mem:.1f} GiB")
+    del ours
+    try:
+        from mamba_ssm.models.config_mamba import MambaConfig as PeerConfig
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+    except ImportError:
+        rows.append("  mamba_ssm  not installed")
+        return "\n".join(rows)
+    peer = MambaLMHeadModel(PeerConfig(d_model=d_model, n_layer=n_layer, vocab_size=cfg.vocab_size,
+                                       ssm_cfg={"layer": "Mamba1"})).to(dev)
+    t, mem = step_time(peer, lambda m, x: m(x).logits)
+    rows.append(f"  mamba_ssm  {t * 1e3:9.1f} ms  {batch * L / t:12,.0f} tokens/s  peak {mem:.1f} GiB")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small size only")
@@ -147,6 +192,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r[0]:>6} {r[1]:>9} {r[2]:>9} {r[3]:>14} {r[4]:>9.2f} {r[5]:>9.2f} {r[6]:>9.2f} {r[7]:>9.2f}")
     print(f"decode step vs reference: {'ok' if step_ok else 'FAIL'}")
+    print(_train_step_table(dev, sync, quick=args.quick))
     return 1 if failures else 0
 
 
