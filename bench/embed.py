@@ -25,11 +25,11 @@ import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import best_of  # noqa: E402 (bench/_common.py)
 
 DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 GENOME = DATA / "species/bacteria/Helicobacter_pylori__G27.fna.gz"
@@ -44,15 +44,6 @@ def make_model(model_dir: str | None, tmp: Path) -> Path:
     torch.manual_seed(0)
     MambaLM(MambaConfig(d_model=128, n_layer=2)).save_pretrained(tmp / "model")
     return tmp / "model"
-
-
-def best(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 MEM_SNIPPET = r"""
@@ -145,10 +136,10 @@ def main():
         return f
 
     bare()  # warm-up (kernel compilation)
-    rows = [("bare forward (model.hidden, in memory)", best(bare, a.repeats), 1)]
-    rows.append(("embed pooled mean", best(job(False), a.repeats), 1))
-    rows.append(("embed pooled + per-position (float32)", best(job(True), a.repeats), 1))
-    rows.append(("embed pooled, --rc-average (2 passes)", best(job(False, True), a.repeats), 2))
+    rows = [("bare forward (model.hidden, in memory)", best_of(bare, a.repeats), 1)]
+    rows.append(("embed pooled mean", best_of(job(False), a.repeats), 1))
+    rows.append(("embed pooled + per-position (float32)", best_of(job(True), a.repeats), 1))
+    rows.append(("embed pooled, --rc-average (2 passes)", best_of(job(False, True), a.repeats), 2))
 
     print(f"# embed throughput: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus, torch {torch.__version__}, threads {torch.get_num_threads()}")

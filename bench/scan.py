@@ -26,18 +26,14 @@ processed in (dim, 4096, N) blocks), the machine's own limit for any exp-based s
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
 import sys
+import textwrap
 
-# bench/ holds a tokenize.py that would shadow the standard library's when this script's
-# folder leads sys.path (torch's import reads source lines through it): drop that entry.
-sys.path[:] = [p for p in sys.path if p and not p.rstrip("/").endswith("bench")]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import textwrap  # noqa: E402
+from _common import cpu_model
 
 N_STATE = 16
 IMPLS = ("cpu", "ref", "mambapy", "hf")
@@ -174,18 +170,10 @@ def run_child(code: str, args: list[str], timeout: float) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import numba
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), numba {numba.__version__} "
             f"({numba.get_num_threads()} threads)")
 

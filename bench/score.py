@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import best_of  # noqa: E402 (bench/_common.py)
 from mamba_dna.pipelines.score import ScoreConfig, evaluate_labelled, run, score_contig  # noqa: E402
 
 from mamba_dna.genome import Genome  # noqa: E402
@@ -76,15 +77,6 @@ def naive(model, x, starts, refs, alts, window):
                 llr = float(row[int(a[0]) - 4] - row[int(r[0]) - 4])
         out.append((llr, tot[1] - tot[0]))
     return out
-
-
-def best_of(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def _one_set(model, name, ctx, args, rng):

@@ -37,6 +37,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_model  # noqa: E402 (bench/_common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 GENOMES = [  # label, path under the data folder, window length for the tokenize row
@@ -113,15 +114,7 @@ def read_plain(path: Path) -> int:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"numpy {np.__version__}, zlib {zlib.ZLIB_RUNTIME_VERSION}")
 
 
