@@ -5,6 +5,7 @@
                       initial_state=None, seq_idx=None)
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False)
+    causal_conv1d_fn(x, weight, bias=None, initial_state=None, activation="silu")
 
 mamba_ssm's signatures and layouts (u, delta, z: (batch, dim, L); A: (dim, N);
 B, C: (batch, N, L) or (batch, groups, N, L)), plus `initial_state` (batch, dim, N) and
@@ -92,7 +93,19 @@ def selective_state_update(
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
+def causal_conv1d_fn(x, weight, bias=None, initial_state=None, activation="silu"):
+    """Causal depthwise conv1d (+ SiLU): x (batch, dim, L), weight (dim, K), bias (dim,),
+    initial_state (batch, dim, K-1) -> (batch, dim, L). The fused numba kernel for CPU
+    tensors (kernels/conv.py), PyTorch's conv1d elsewhere or with MAMBA_DNA_BACKEND=ref."""
+    from mamba_dna.kernels.conv import causal_conv1d_cpu, causal_conv1d_ref
+
+    backend, _ = choose_backend(x.device.type)
+    fn = causal_conv1d_cpu if (backend == "cpu" and x.device.type == "cpu") else causal_conv1d_ref
+    return fn(x, weight, bias, initial_state, activation)
+
+
 __all__ = [
+    "causal_conv1d_fn",
     "choose_backend",
     "selective_scan_fn",
     "selective_scan_ref",

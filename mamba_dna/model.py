@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mamba_dna import __version__
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.kernels import selective_scan_fn, selective_state_update
+from mamba_dna.kernels import causal_conv1d_fn, selective_scan_fn, selective_state_update
 from mamba_dna.tokenizer import BASES, VOCAB_SIZE, TokenizerSpec, reverse_complement
 
 CONFIG_NAME = "config.json"
@@ -268,12 +268,14 @@ class MambaMixer(nn.Module):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
         x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
-        if conv_state is None:
-            x_pad = F.pad(x, (k - 1, 0))  # (batch, d_inner, L + k - 1)
-        else:
-            x_pad = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (batch, d_inner, L + k - 1)
-        new_conv = x_pad[..., x_pad.shape[-1] - (k - 1):].clone()  # (batch, d_inner, k - 1)
-        x = F.silu(F.conv1d(x_pad, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+        if L >= k - 1:
+            new_conv = x[..., L - (k - 1):].clone()  # (batch, d_inner, k - 1)
+        else:  # a piece shorter than the conv window: the state keeps older inputs too
+            prev = conv_state.to(x.dtype) if conv_state is not None else x.new_zeros(b, self.d_inner, k - 1)
+            new_conv = torch.cat([prev, x], dim=-1)[..., L:].clone()  # (batch, d_inner, k - 1)
+        # causal depthwise conv (left context: conv_state or zeros) + SiLU, one fused pass
+        x = causal_conv1d_fn(x, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                             initial_state=conv_state, activation="silu")  # (batch, d_inner, L)
         dt, B, C, dt_bias = self._dt_B_C(x)
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y, new_ssm = selective_scan_fn(
