@@ -431,25 +431,43 @@ def classify_train(
     rc_average: bool = typer.Option(False, "--rc-average", help="Average both strands."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
+    kmer_ks: str = typer.Option(None, "--kmer-ks", help="k values the k-mer baseline picks from on val [3,4,5,6]."),
+    finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune the backbone end to end (last-token head)."),
+    steps: int = typer.Option(200, "--steps", help="--finetune: optimizer steps over all length stages."),
+    lr: float = typer.Option(6e-4, "--lr", help="--finetune: AdamW peak learning rate."),
+    batch_size: int = typer.Option(8, "--batch-size", help="--finetune: windows per step."),
+    warmup_lengths: str = typer.Option(None, "--warmup-lengths",
+                                       help="--finetune: length stages below --window [doubling from 1024]."),
+    grad_checkpointing: str = typer.Option("auto", "--grad-checkpointing",
+                                           help="--finetune: auto (windows >= 16384) | on | off."),
+    finetune_table: bool = typer.Option(True, "--finetune-table/--no-finetune-table",
+                                        help="--finetune: also fine-tune at every length-table row."),
 ) -> None:
     """Train + test a window classifier and the k-mer baseline on the same split; write a report.
 
-    Example:  mamba-dna classify train --labels species/labels.tsv --group bacteria --split-by file --window 4096 --model models/m --out cls/bacteria
+    Example:  mamba-dna classify train --labels species/labels.tsv --group bacteria --split-by file --window 4096 --model models/m --out cls/bacteria [--finetune --steps 400 --warmup-lengths 1024,2048]
     """
     from mamba_dna.pipelines.classify import ClassifyConfig, format_report, run_train
 
+    ft = None
+    if finetune:
+        from mamba_dna.pipelines.finetune import FinetuneConfig
+
+        ft = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                            warmup_lengths=_int_list(warmup_lengths, "--warmup-lengths"),
+                            grad_checkpointing=grad_checkpointing, table=finetune_table)
     cfg = ClassifyConfig(labels=labels, out=out, model=model, label_column=label_column,
                          group=group, include=include, label_from_record=label_from_record,
                          window=window, split_by=split_by, block=block, per_class=per_class,
                          max_length=max_length, lengths=_int_list(lengths, "--lengths"), pool=pool, layer=layer, rc_average=rc_average,
-                         seed=seed, device=device)
+                         seed=seed, device=device, kmer_ks=_int_list(kmer_ks, "--kmer-ks"), finetune=ft)
     typer.echo(format_report(run_train(cfg)))
 
 
 @classify_app.command("predict")
 def classify_predict(
     fasta: list[str] = typer.Argument(..., help="FASTA files to classify."),
-    classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model or OUT/kmer from train."),
+    classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model, OUT/kmer or OUT/finetuned from train."),
     window: int = typer.Option(None, "--window", "-w", help="Window length [the training one]."),
     aggregate: str = typer.Option("mean", "--aggregate", help="Per record: mean probability | majority."),
     out: str = typer.Option(None, "--out", "-o", help="Also write the TSV here."),

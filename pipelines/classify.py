@@ -14,14 +14,18 @@ leakage), and every class gets the same number of windows in each split (balance
 
 Run: features are pooled embeddings from the backbone (`pipelines.embed.embed_sequences`,
 the same code as `mamba-dna embed`) and, always, k-mer frequency profiles with k chosen in
-3..6 on the val split. One classifier for both: standardisation + multinomial logistic
+`kmer_ks` (3..6) on the val split. One classifier for both: standardisation + multinomial logistic
 regression with C cross-validated on train. Test: accuracy, balanced accuracy, per-class
 precision/recall, confusion matrices (text + PNG), and accuracy vs window length.
+With `finetune` set, the backbone is also fine-tuned end to end with a classification head
+(`pipelines.finetune`: last-token head, sequence-length warmup) on windows of the train
+segments, and scored on the same test windows: a third, "finetuned", result and column.
 
 Save: a classifier is plain numbers (`classifier.npz`: coef, intercept, classes, scaler
 mean/scale) + `classifier.json` (feature spec, model reference and checkpoint sha256, label
 set, the npz's sha256). No pickle: loading rebuilds the linear model in numpy and refuses a
-npz whose hash does not match its manifest.
+npz whose hash does not match its manifest. A fine-tuned classifier is a directory of
+safetensors + JSON (see pipelines.finetune); `load_classifier` opens either kind.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,8 +47,11 @@ from mamba_dna import log
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import atomic_path, sha256_file, write_json
 
+if TYPE_CHECKING:
+    from mamba_dna.pipelines.finetune import FinetuneConfig
+
 SPLITS = ("train", "val", "test")
-KMER_KS = (3, 4, 5, 6)
+KMER_KS = (3, 4, 5, 6)  # default k search of the k-mer baseline (ClassifyConfig.kmer_ks=None)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -458,10 +466,20 @@ class ClassifyConfig:
     rc_average: bool = False
     seed: int = 0
     device: str = "auto"
+    kmer_ks: tuple[int, ...] | None = None  # k search of the k-mer baseline [KMER_KS: 3..6]
+    finetune: FinetuneConfig | None = None  # also fine-tune the backbone end to end
 
     def check(self) -> None:
         if self.window < 16 or self.window > 1 << 20:
             raise ConfigError(f"--window {self.window}: expected 16 .. 1048576 bp")
+        if self.kmer_ks is not None and (not self.kmer_ks or any(
+                not isinstance(k, int) or not 1 <= k <= 8 for k in self.kmer_ks)):
+            raise ConfigError(f"--kmer-ks {self.kmer_ks}: expected one or more k in 1..8, "
+                              "e.g. 3,4,5,6")
+        if self.finetune is not None:
+            if not self.model:
+                raise ConfigError("--finetune needs --model (the pretrained backbone to tune)")
+            self.finetune.check()
         if self.pool not in ("mean", "last", "max"):
             raise ConfigError(f"--pool {self.pool!r}: expected mean, last or max")
         if self.per_class < 4:
@@ -481,15 +499,17 @@ def _tokens(cache, w: Windows) -> list[np.ndarray]:
             for f, r, s in zip(w.file, w.record, w.start, strict=True)]
 
 
-def fit_eval(windows: dict, cache, model, model_spec: FeatureSpec | None, seed: int = 0) -> dict:
-    """Fit the k-mer baseline (k picked on val) and the model on train; predict test."""
+def fit_eval(windows: dict, cache, model, model_spec: FeatureSpec | None, seed: int = 0,
+             kmer_ks: Sequence[int] | None = None) -> dict:
+    """Fit the k-mer baseline (k in `kmer_ks` [KMER_KS] picked on val) and the model on
+    train; predict test."""
     toks = {sp: _tokens(cache, w) for sp, w in windows.items()}
     y = {sp: windows[sp].label.astype(str) for sp in SPLITS}
     groups = windows["train"].segment
     res = {}
     best = None
     t0 = time.perf_counter()
-    for k in KMER_KS:  # k on val with C=1 (cheap), then C cross-validated for that k
+    for k in kmer_ks or KMER_KS:  # k on val with C=1 (cheap), then C cross-validated for that k
         spec = FeatureSpec("kmer", k=k)
         clf = LinearClassifier.fit(features(spec, toks["train"]), y["train"], cv=False)
         val_acc = float(np.mean(clf.predict(features(spec, toks["val"])) == y["val"]))
@@ -545,7 +565,9 @@ def run_train(cfg: ClassifyConfig) -> dict:
                          hint="use a shorter --window, or --split-by block with a smaller --block")
     log.info(f"window {cfg.window}: " + ", ".join(f"{sp} {len(w)}" for sp, w in wins.items())
              + f" windows ({cfg.split_by} split, balanced)")
-    res = fit_eval(wins, cache, model, model_spec, cfg.seed)
+    res = fit_eval(wins, cache, model, model_spec, cfg.seed, cfg.kmer_ks)
+    if cfg.finetune is not None:
+        res["finetuned"] = _finetuned(cfg, segs, wins, cache)
     extra = {"window": cfg.window, "labels_table": str(cfg.labels), "label_column":
              cfg.label_column if not cfg.label_from_record else f"record ~ {cfg.label_from_record}",
              "group": cfg.group, "split_by": cfg.split_by}
@@ -570,10 +592,13 @@ def run_train(cfg: ClassifyConfig) -> dict:
         if w is None:
             log.info(f"window {L}: genomes too short for disjoint train/val/test windows; stop")
             break
-        r = res if L == cfg.window else fit_eval(w, cache, model, model_spec, cfg.seed)
+        r = res if L == cfg.window else fit_eval(w, cache, model, model_spec, cfg.seed,
+                                                 cfg.kmer_ks)
+        if cfg.finetune is not None and cfg.finetune.table and L != cfg.window:
+            r["finetuned"] = _finetuned(cfg, segs_L, w, cache)
         row = {"window": L, "n_train_per_class": len(w["train"]) // len(classes),
                "n_test_per_class": len(w["test"]) // len(classes)}
-        for name in ("model", "kmer"):
+        for name in ("model", "finetuned", "kmer"):
             if name in r:
                 row[f"{name}_accuracy"] = r[name]["metrics"]["accuracy"]
                 row[f"{name}_balanced_accuracy"] = r[name]["metrics"]["balanced_accuracy"]
@@ -589,6 +614,13 @@ def run_train(cfg: ClassifyConfig) -> dict:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(text)
     return report
+
+
+def _finetuned(cfg: ClassifyConfig, segs, windows: dict, cache) -> dict:
+    from mamba_dna.pipelines.finetune import fit_eval_finetuned
+
+    return fit_eval_finetuned(cfg.model, segs, windows, cache, cfg.finetune,
+                              rc_average=cfg.rc_average, device=cfg.device)
 
 
 def _write_segments(path: Path, segs: Sequence[Segment]) -> None:
@@ -646,16 +678,8 @@ def predict_files(classifier: str | os.PathLike, fastas: Sequence[str], *, windo
 
     if aggregate not in ("mean", "majority"):
         raise ConfigError(f"--aggregate {aggregate!r}: expected mean or majority")
-    clf, spec, man = LinearClassifier.load(classifier)
+    proba, classes, man = load_classifier(classifier, device)
     window = int(window or man.get("window") or 4096)
-    model = None
-    if spec.kind == "embedding":
-        from mamba_dna.pipelines.embed import load_model
-
-        model, sha = load_model(spec.model_dir, device)
-        if spec.checkpoint_sha256 and sha != spec.checkpoint_sha256:
-            raise InputError(f"{spec.model_dir}: checkpoint sha256 differs from the one the "
-                             f"classifier {classifier} was trained on")
     rows = []
     for fa in fastas:
         g = Genome(fa, invalid="N")
@@ -663,16 +687,51 @@ def predict_files(classifier: str | os.PathLike, fastas: Sequence[str], *, windo
             n = g.lengths[name]
             starts = list(range(0, max(n - window, 0) + 1, window)) if n >= window else [0]
             seqs = [g.tokens(name, s, min(s + window, n))[0] for s in starts]
-            P = clf.predict_proba(features(spec, seqs, model))  # (windows, K)
+            P = proba(seqs)  # (windows, K)
             if aggregate == "mean":
                 p = P.mean(0)
             else:
-                p = np.bincount(P.argmax(1), minlength=len(clf.classes)) / len(P)
+                p = np.bincount(P.argmax(1), minlength=len(classes)) / len(P)
             k = int(np.argmax(p))
             rows.append({"file": str(fa), "record": name, "length": n, "n_windows": len(seqs),
-                         "prediction": str(clf.classes[k]), "score": float(p[k]),
-                         **{f"p_{c}": float(v) for c, v in zip(clf.classes, p, strict=True)}})
+                         "prediction": str(classes[k]), "score": float(p[k]),
+                         **{f"p_{c}": float(v) for c, v in zip(classes, p, strict=True)}})
     return rows
+
+
+def load_classifier(directory: str | os.PathLike, device: str = "auto"):
+    """Either kind of trained classifier -> (proba(list of token arrays) -> (n, K) float64,
+    classes (K,) str, manifest): a linear one (OUT/model, OUT/kmer) or a fine-tuned network
+    (OUT/finetuned)."""
+    d = Path(directory)
+    man_p = d / "classifier.json"
+    if man_p.exists():
+        try:
+            fmt = json.loads(man_p.read_text()).get("format")
+        except (json.JSONDecodeError, AttributeError):
+            raise InputError(f"{man_p}: not a JSON object") from None
+        from mamba_dna.pipelines.finetune import FORMAT
+
+        if fmt == FORMAT:
+            from mamba_dna.pipelines.embed import _device
+            from mamba_dna.pipelines.finetune import FinetunedClassifier
+
+            ft, man = FinetunedClassifier.load(d, _device(device))
+            return ft.predict_proba, ft.classes, man
+    clf, spec, man = LinearClassifier.load(d)
+    model = None
+    if spec.kind == "embedding":
+        from mamba_dna.pipelines.embed import load_model
+
+        model, sha = load_model(spec.model_dir, device)
+        if spec.checkpoint_sha256 and sha != spec.checkpoint_sha256:
+            raise InputError(f"{spec.model_dir}: checkpoint sha256 differs from the one the "
+                             f"classifier {directory} was trained on")
+
+    def proba(seqs: Sequence[np.ndarray]) -> np.ndarray:
+        return clf.predict_proba(features(spec, seqs, model))  # (n, K)
+
+    return proba, clf.classes, man
 
 
 def write_predictions(rows: list[dict], path: str | os.PathLike | None) -> str:
@@ -698,11 +757,11 @@ def evaluate(classifier: str | os.PathLike, labels: str, *, label_column: str = 
     truth = {(s.file, s.record): s.label for s in sources}
     rows = [dict(r, label=truth[(r["file"], r["record"])]) for r in rows
             if (r["file"], r["record"]) in truth]
-    clf, _, _ = LinearClassifier.load(classifier)
-    unknown = sorted({r["label"] for r in rows} - set(clf.classes))
+    classes = [str(c) for c in json.loads((Path(classifier) / "classifier.json").read_text())["labels"]]
+    unknown = sorted({r["label"] for r in rows} - set(classes))
     if unknown:
         log.info(f"labels not seen in training (always counted wrong): {', '.join(unknown)}")
     m = metrics(np.array([r["label"] for r in rows]), np.array([r["prediction"] for r in rows]),
-                sorted(set(clf.classes) | set(unknown)))
+                sorted(set(classes) | set(unknown)))
     return {"rows": rows, "metrics": m}
 

@@ -1,0 +1,351 @@
+"""End-to-end fine-tuning for `mamba-dna classify train --finetune`: a pretrained backbone
+plus a linear head on its final hidden state, trained with the Mamba paper's Great Apes
+recipe.
+
+Setup: load the backbone (`MambaLM.from_pretrained`), put a linear head on the hidden state
+after the final norm, pooled at the last token (the paper's head; `pool="mean"` is the
+alternative), and fix the length ladder: sequence-length warmup trains first on short
+windows and doubles the window stage by stage up to the target length (`stage_lengths`).
+
+Run: every stage draws fresh balanced windows of its length from the *train* segments of
+the classify split only (no window crosses into val or test), each flipped to its reverse
+complement with probability 1/2; AdamW (decay on matrices only), linear lr warmup then
+cosine decay over all steps, gradient-norm clipping, and the model's gradient checkpointing
+switched on for long windows (>= 2^14 bp by default). Test: the caller evaluates on the
+same test windows as the linear probe and the k-mer baseline.
+
+Save: a directory that `classify predict` / `evaluate` load without pickle:
+
+    backbone/           MambaLM.save_pretrained (config.json, model.safetensors, ...)
+    head.safetensors    head.weight (K, d_model), head.bias (K,)
+    config.json         FinetuneConfig (the recipe)
+    classifier.json     format "mamba-dna-finetuned", label set, window, sha256 of both
+                        weight files (checked on load), test metrics
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mamba_dna import log
+from mamba_dna.errors import ConfigError, InputError
+from mamba_dna.fsutil import atomic_dir, read_json_object, sha256_file, write_json
+from mamba_dna.tokenizer import PAD, reverse_complement
+
+FORMAT = "mamba-dna-finetuned"
+CKPT_AUTO_FROM = 1 << 14  # gradient checkpointing "auto": on for windows at least this long
+
+
+@dataclass
+class FinetuneConfig:
+    """The fine-tuning recipe (stored as config.json in the fine-tuned directory)."""
+
+    steps: int = 200  # optimizer steps in all, split evenly over the length stages
+    batch_size: int = 8
+    lr: float = 6e-4
+    weight_decay: float = 0.1
+    lr_warmup: float = 0.1  # fraction of the steps with a linear lr ramp
+    min_lr_ratio: float = 0.1  # cosine decay floor (multiplier of lr)
+    clip: float = 1.0  # gradient-norm clipping (0: off)
+    warmup_lengths: tuple[int, ...] | None = None  # explicit ladder (< target), e.g. 1024,2048
+    warmup_start: int = 1024  # default ladder: doubling from here up to the target window
+    pool: str = "last"  # "last" (the paper's head) | "mean"
+    grad_checkpointing: str = "auto"  # auto (windows >= 2^14) | on | off
+    rc_augment: bool = True  # reverse-complement each training window with probability 1/2
+    table: bool = True  # also fine-tune a fresh model for every other length-table row
+    eval_batch: int = 16
+    seed: int = 0
+
+    @property
+    def name(self) -> str:  # the "features" column of the classify report
+        return "finetuned"
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.eval_batch < 1:
+            raise ConfigError(f"--steps {self.steps} / --batch-size {self.batch_size}: expected >= 1")
+        if not self.lr > 0 or self.weight_decay < 0 or self.clip < 0:
+            raise ConfigError(f"--lr {self.lr}: expected > 0 (weight decay, clip >= 0)")
+        if not 0 <= self.lr_warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"lr_warmup {self.lr_warmup} / min_lr_ratio {self.min_lr_ratio}: "
+                              "expected fractions in [0, 1)")
+        if self.pool not in ("last", "mean"):
+            raise ConfigError(f"finetune pool {self.pool!r}: expected last or mean")
+        if self.grad_checkpointing not in ("auto", "on", "off"):
+            raise ConfigError(f"--grad-checkpointing {self.grad_checkpointing!r}: expected auto, "
+                              "on or off")
+        if self.warmup_start < 16:
+            raise ConfigError(f"warmup_start {self.warmup_start}: expected >= 16 bp")
+        if self.warmup_lengths is not None:
+            w = list(self.warmup_lengths)
+            if any(x < 16 for x in w) or w != sorted(set(w)):
+                raise ConfigError(f"--warmup-lengths {','.join(map(str, w))}: expected "
+                                  "increasing lengths >= 16 bp, e.g. 1024,2048,4096")
+
+
+def stage_lengths(window: int, cfg: FinetuneConfig) -> list[int]:
+    """The length ladder ending at `window`: the explicit warmup lengths below it, else
+    doubling from min(warmup_start, window), e.g. 1024, 2048, ..., window."""
+    if cfg.warmup_lengths is not None:
+        return [x for x in cfg.warmup_lengths if x < window] + [window]
+    out = [min(cfg.warmup_start, window)]
+    while out[-1] * 2 < window:
+        out.append(out[-1] * 2)
+    if out[-1] != window:
+        out.append(window)
+    return out
+
+
+def steps_per_stage(total: int, n_stages: int) -> list[int]:
+    """Equal shares; the remainder goes to the last (target-length) stages."""
+    base, rem = divmod(total, n_stages)
+    return [base + (1 if i >= n_stages - rem else 0) for i in range(n_stages)]
+
+
+def lr_factor(step: int, total: int, cfg: FinetuneConfig) -> float:
+    """Linear warmup over lr_warmup * total steps, then cosine decay to min_lr_ratio."""
+    warm = int(cfg.lr_warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class SequenceClassifier(nn.Module):
+    """MambaLM backbone -> hidden state after the final norm -> pooled -> linear head."""
+
+    def __init__(self, backbone, n_classes: int, pool: str = "last"):
+        super().__init__()
+        self.backbone = backbone  # a MambaLM (its lm_head is unused here)
+        self.pool = pool
+        d = backbone.config.d_model
+        self.head = nn.Linear(d, n_classes)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (batch, L) int64, right-padded; lengths (batch,) -> logits (batch, K) fp32."""
+        h, _ = self.backbone.hidden(ids)  # (batch, L, d_model); causal: padding never leaks back
+        B, L, _ = h.shape
+        if lengths is None:
+            lengths = torch.full((B,), L, dtype=torch.int64, device=ids.device)
+        lengths = lengths.to(ids.device)
+        if self.pool == "last":
+            pooled = h[torch.arange(B, device=ids.device), lengths - 1]  # (batch, d_model)
+        else:
+            mask = torch.arange(L, device=ids.device)[None] < lengths[:, None]  # (batch, L)
+            pooled = (h * mask[..., None]).sum(1) / lengths[:, None]  # (batch, d_model)
+        return self.head(pooled.to(self.head.weight.dtype)).float()  # (batch, K)
+
+
+def _pad(seqs: Sequence[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)  # (batch,)
+    ids = np.full((len(seqs), int(lengths.max())), PAD, dtype=np.int64)  # (batch, L)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = s
+    return torch.from_numpy(ids).to(device), lengths.to(device)
+
+
+class FinetunedClassifier:
+    """A fine-tuned network with its label set: token arrays in, class probabilities out."""
+
+    def __init__(self, net: SequenceClassifier, classes: Sequence[str], *, window: int,
+                 rc_average: bool = False, eval_batch: int = 16):
+        self.net = net
+        self.classes = np.asarray(list(classes)).astype(str)  # (K,)
+        self.window = int(window)
+        self.rc_average = rc_average
+        self.eval_batch = eval_batch
+
+    @torch.no_grad()
+    def predict_proba(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, K) float64; with rc_average, the mean of both strands' probabilities."""
+        from mamba_dna.pipelines.embed import make_batches
+
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        out = np.zeros((len(seqs), len(self.classes)), np.float64)
+        n_tok = self.eval_batch * max(len(s) for s in seqs) if len(seqs) else 1
+        for rows in make_batches([len(s) for s in seqs], n_tok, self.eval_batch):
+            strands = [[seqs[r] for r in rows]]
+            if self.rc_average:
+                strands.append([reverse_complement(np.asarray(seqs[r])) for r in rows])
+            for batch in strands:
+                ids, lengths = _pad(batch, device)  # (b, L), (b,)
+                p = torch.softmax(self.net(ids, lengths), -1)  # (b, K)
+                out[rows] += p.double().cpu().numpy() / len(strands)
+        return out
+
+    def predict(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        return self.classes[np.argmax(self.predict_proba(seqs), 1)]
+
+    # -- save / load
+
+    def save(self, directory: str | os.PathLike, cfg: FinetuneConfig, extra: dict) -> None:
+        """The directory described in the module docstring, written atomically as a whole."""
+        from safetensors.torch import save_file
+
+        bb = self.net.backbone
+        ckpt = bb.config.gradient_checkpointing
+        bb.config.gradient_checkpointing = False  # a training switch, not part of the model
+        try:
+            with atomic_dir(directory) as tmp:
+                bb.save_pretrained(tmp / "backbone")
+                head = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}
+                save_file(head, str(tmp / "head.safetensors"), metadata={"format": "pt"})
+                write_json(tmp / "config.json", asdict(cfg))
+                write_json(tmp / "classifier.json", {
+                    "format": FORMAT, "format_version": 1,
+                    "classifier": f"MambaLM backbone + linear head on the {self.net.pool} "
+                                  "token's final hidden state, fine-tuned end to end",
+                    "labels": self.classes.tolist(), "window": self.window,
+                    "pool": self.net.pool, "rc_average": self.rc_average,
+                    "head_sha256": sha256_file(tmp / "head.safetensors"),
+                    "backbone_sha256": sha256_file(tmp / "backbone" / "model.safetensors"),
+                    **extra,
+                })
+        finally:
+            bb.config.gradient_checkpointing = ckpt
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
+             ) -> tuple[FinetunedClassifier, dict]:
+        from safetensors.torch import load_file
+
+        from mamba_dna.model import MambaLM
+
+        d = Path(directory)
+        man = read_json_object(d / "classifier.json", "a fine-tuned classifier directory holds "
+                               "classifier.json")
+        if man.get("format") != FORMAT:
+            raise InputError(f"{d / 'classifier.json'}: format {man.get('format')!r} is not {FORMAT}")
+        for f, key in (("head.safetensors", "head_sha256"),
+                       ("backbone/model.safetensors", "backbone_sha256")):
+            if not (d / f).exists():
+                raise InputError(f"{d / f}: missing (a fine-tuned classifier holds backbone/ and "
+                                 "head.safetensors)")
+            if sha256_file(d / f) != man.get(key):
+                raise InputError(f"{d / f}: sha256 does not match classifier.json; refusing to "
+                                 "load it", hint="the file was changed after training; train again")
+        backbone = MambaLM.from_pretrained(d / "backbone", map_location=device)
+        labels = [str(x) for x in man["labels"]]
+        net = SequenceClassifier(backbone, len(labels), man.get("pool", "last"))
+        head = load_file(str(d / "head.safetensors"), device=str(device))
+        want = {k: tuple(v.shape) for k, v in net.head.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in head.items()}
+        if got != want:
+            raise InputError(f"{d / 'head.safetensors'}: tensors {got}, expected {want} "
+                             f"({len(labels)} labels, d_model {backbone.config.d_model})")
+        net.head.load_state_dict(head)
+        net.to(device).eval()
+        cfg = read_json_object(d / "config.json", "the fine-tuning recipe")
+        return cls(net, labels, window=int(man["window"]), rc_average=bool(man.get("rc_average")),
+                   eval_batch=int(cfg.get("eval_batch", 16))), man
+
+
+# --------------------------------------------------------------------------- training
+
+
+def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str], window: int,
+             cfg: FinetuneConfig, cache, *, rc_average: bool = False,
+             device: str = "auto") -> FinetunedClassifier:
+    """Fine-tune a fresh copy of the backbone in `model_dir` on windows drawn from the train
+    segments of `segs` (pipelines.classify.Segment), with the length ladder ending at `window`."""
+    from mamba_dna.pipelines.classify import sample_windows
+    from mamba_dna.pipelines.embed import _device
+    from mamba_dna.pipelines.pretrain import param_groups
+
+    from mamba_dna.model import MambaLM
+
+    cfg.check()
+    dev = _device(device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, window])
+    backbone = MambaLM.from_pretrained(model_dir, map_location=dev)
+    net = SequenceClassifier(backbone, len(classes), cfg.pool).to(dev)
+    net.train()
+    index = {c: i for i, c in enumerate(classes)}
+    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    lengths = stage_lengths(window, cfg)
+    n_steps = steps_per_stage(cfg.steps, len(lengths))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    log.info(f"fine-tune {backbone.name} ({backbone.num_parameters():,} params) + "
+             f"{cfg.pool}-token head on {len(classes)} classes: stages "
+             + ", ".join(f"{L} bp x {s}" for L, s in zip(lengths, n_steps, strict=True))
+             + f" steps, batch {cfg.batch_size}")
+    step = 0
+    with log.progress("fine-tune", total=cfg.steps, unit="steps") as prog:
+        for stage, (L, n) in enumerate(zip(lengths, n_steps, strict=True)):
+            if n == 0:
+                continue
+            per_class = -(-n * cfg.batch_size // len(classes))
+            pool = sample_windows(segs, "train", L, per_class, seed=cfg.seed + 1 + stage)
+            if pool is None:
+                raise InputError(f"fine-tuning stage {L} bp: some class has no train segment "
+                                 "that long", hint="use shorter --warmup-lengths or --window")
+            order = rng.permutation(len(pool))
+            backbone.config.gradient_checkpointing = (
+                cfg.grad_checkpointing == "on"
+                or (cfg.grad_checkpointing == "auto" and L >= CKPT_AUTO_FROM))
+            seen, correct, loss_sum = 0, 0, 0.0
+            for i in range(n):
+                rows = order[(i * cfg.batch_size + np.arange(cfg.batch_size)) % len(pool)]
+                seqs = [cache.tokens(pool.file[r], pool.record[r], int(pool.start[r]),
+                                     int(pool.start[r]) + L) for r in rows]  # each (L,) uint8
+                if cfg.rc_augment:
+                    seqs = [reverse_complement(s) if rng.random() < 0.5 else s for s in seqs]
+                ids = torch.from_numpy(np.stack(seqs).astype(np.int64)).to(dev)  # (batch, L)
+                y = torch.tensor([index[pool.label[r]] for r in rows], device=dev)  # (batch,)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg)
+                with autocast:
+                    logits = net(ids)  # (batch, K)
+                loss = nn.functional.cross_entropy(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip > 0:
+                    nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+                opt.step()
+                step += 1
+                seen += len(rows)
+                correct += int((logits.argmax(1) == y).sum())
+                loss_sum += loss.item() * len(rows)
+                prog.advance(1, note=f"{L} bp, loss {loss.item():.3f}")
+            log.info(f"fine-tune stage {stage + 1}/{len(lengths)} ({L} bp, {n} steps): train loss "
+                     f"{loss_sum / seen:.3f}, train accuracy {correct / seen:.3f}")
+    backbone.config.gradient_checkpointing = False
+    net.eval()
+    return FinetunedClassifier(net, classes, window=window, rc_average=rc_average,
+                               eval_batch=cfg.eval_batch)
+
+
+def fit_eval_finetuned(model_dir: str | os.PathLike, segs: Sequence, windows: dict, cache,
+                       cfg: FinetuneConfig, *, rc_average: bool = False,
+                       device: str = "auto") -> dict:
+    """Fine-tune on the train segments, evaluate on `windows`' val and test windows (the same
+    ones the linear probe and the k-mer baseline are scored on): a classify result entry."""
+    from mamba_dna.pipelines.classify import _tokens, metrics
+
+    t0 = time.perf_counter()
+    classes = sorted({str(s.label) for s in segs})
+    window = windows["test"].window
+    clf = finetune(model_dir, segs, classes, window, cfg, cache, rc_average=rc_average,
+                   device=device)
+    y_val = windows["val"].label.astype(str)
+    y_test = windows["test"].label.astype(str)
+    val_acc = float(np.mean(clf.predict(_tokens(cache, windows["val"])) == y_val))
+    pred = clf.predict(_tokens(cache, windows["test"]))
+    return {"spec": cfg, "clf": clf, "pred": pred, "metrics": metrics(y_test, pred, clf.classes),
+            "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
