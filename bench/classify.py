@@ -4,12 +4,17 @@
     .venv/bin/python bench/classify.py --model DIR           # a trained model
     .venv/bin/python bench/classify.py --tasks ebola,dengue  # a subset
     .venv/bin/python bench/classify.py --quick               # fewer windows, short lengths
+    .venv/bin/python bench/classify.py --model DIR --finetune 100 --finetune-max 2048
+                                       # + fine-tuned backbone (100 steps) up to 2,048 bp rows
 
 Every task runs `classify train` (pipelines.classify.run_train): same leakage-free split,
 same balanced windows, same classifier (standardise + logistic regression, C by CV) for the
 model's pooled embeddings (mean, reverse-complement averaged) and for k-mer profiles (k in
-3..6 picked on val). Prints one table: test accuracy per task and window length, with the
-seconds each feature set took (features + fit; shared, noisy machine: single runs).
+3..6 picked on val). With --finetune N, a fresh copy of the backbone is also fine-tuned
+end to end (last-token head, sequence-length warmup, N AdamW steps) for each row up to
+--finetune-max bp and scored on the same test windows. Prints one table: test accuracy per
+task and window length, with the seconds each column took (features + fit, or fine-tuning;
+shared, noisy machine: single runs, so read the seconds as orders of magnitude).
 Reports, confusion PNGs and classifiers land in --out (default a temp folder).
 """
 
@@ -53,11 +58,21 @@ def main():
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--finetune", type=int, default=0, metavar="STEPS",
+                    help="also fine-tune end to end, STEPS optimizer steps per row [0: off]")
+    ap.add_argument("--finetune-max", type=int, default=4096,
+                    help="fine-tune only rows with windows up to this many bp")
+    ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    ap.add_argument("--kmer-ks", default="3,4,5,6")
+    ap.add_argument("--per-class", type=int, help="train windows per class [per task]")
+    ap.add_argument("--rows", type=int, help="only the first ROWS window lengths of each task")
+    ap.add_argument("--device", default="auto")
     a = ap.parse_args()
     if not LABELS.exists():
         print(f"skip: {LABELS} not found (set MAMBA_DNA_DATA)")
         return
     from mamba_dna.pipelines.classify import ClassifyConfig, run_train
+    from mamba_dna.pipelines.finetune import FinetuneConfig
 
     from mamba_dna.model import MambaConfig, MambaLM
 
@@ -73,21 +88,36 @@ def main():
         if a.quick:
             kw["per_class"] = 8
             kw["lengths"] = kw["lengths"][:2]
-        cfg = ClassifyConfig(labels=str(LABELS), out=str(out / name), model=model,
-                             rc_average=True, **kw)
-        rep = run_train(cfg)
-        for r in rep["length_table"]:
-            rows.append((name, r))
+        if a.per_class:
+            kw["per_class"] = a.per_class
+        if a.rows:
+            kw["lengths"] = kw["lengths"][: a.rows]
+        kmer_ks = tuple(int(k) for k in a.kmer_ks.split(","))
+        ft = (FinetuneConfig(steps=a.finetune, lr=a.lr, warmup_start=512)
+              if a.finetune else None)
+        for L in kw["lengths"]:  # one run per row: fine-tuning only where it is cheap enough
+            cfg = ClassifyConfig(labels=str(LABELS), out=str(out / name / str(L)), model=model,
+                                 rc_average=True, kmer_ks=kmer_ks, device=a.device,
+                                 finetune=ft if L <= a.finetune_max else None,
+                                 **{**kw, "window": L, "lengths": (L,)})
+            rep = run_train(cfg)
+            rows += [(name, r) for r in rep["length_table"]]
         print(f"{name}: {what} -> {out / name}/report.md", file=sys.stderr)
 
     print(f"# classify: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}; "
-          f"model {model} ({'random init' if not a.model else 'given'}); single runs")
-    print("| task | window | train/test per class | model acc | k-mer acc (k) | model s | k-mer s |")
-    print("|---|---|---|---|---|---|---|")
+          f"model {model} ({'random init' if not a.model else 'given'}); "
+          + (f"fine-tuned {a.finetune} steps, lr {a.lr}, up to {a.finetune_max} bp; "
+             if a.finetune else "") + "single runs")
+    print("| task | window | train/test per class | probe acc | finetuned acc | k-mer acc (k) "
+          "| probe s | finetune s | k-mer s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
+        ft_acc = f"{r['finetuned_accuracy']:.3f}" if "finetuned_accuracy" in r else "-"
+        ft_s = f"{r['finetuned_seconds']:.0f}" if "finetuned_seconds" in r else "-"
         print(f"| {name} | {r['window']} | {r['n_train_per_class']}/{r['n_test_per_class']} | "
-              f"{r.get('model_accuracy', float('nan')):.3f} | {r['kmer_accuracy']:.3f} "
-              f"({r['kmer_k']}) | {r.get('model_seconds', 0):.0f} | {r['kmer_seconds']:.0f} |")
+              f"{r.get('model_accuracy', float('nan')):.3f} | {ft_acc} | {r['kmer_accuracy']:.3f} "
+              f"({r['kmer_k']}) | {r.get('model_seconds', 0):.0f} | {ft_s} | "
+              f"{r['kmer_seconds']:.0f} |")
 
 
 if __name__ == "__main__":
