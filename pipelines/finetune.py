@@ -39,7 +39,7 @@ from torch import nn
 from mamba_dna import log
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import atomic_dir, read_json_object, sha256_file, write_json
-from mamba_dna.tokenizer import PAD, reverse_complement
+from mamba_dna.tokenizer import reverse_complement
 
 FORMAT = "mamba-dna-finetuned"
 CKPT_AUTO_FROM = 1 << 14  # gradient checkpointing "auto": on for windows at least this long
@@ -149,14 +149,6 @@ class SequenceClassifier(nn.Module):
         return self.head(pooled.to(self.head.weight.dtype)).float()  # (batch, K)
 
 
-def _pad(seqs: Sequence[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)  # (batch,)
-    ids = np.full((len(seqs), int(lengths.max())), PAD, dtype=np.int64)  # (batch, L)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = s
-    return torch.from_numpy(ids).to(device), lengths.to(device)
-
-
 class FinetunedClassifier:
     """A fine-tuned network with its label set: token arrays in, class probabilities out."""
 
@@ -169,12 +161,16 @@ class FinetunedClassifier:
         self.eval_batch = eval_batch
 
     @torch.no_grad()
-    def predict_proba(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
-        """(n, K) float64; with rc_average, the mean of both strands' probabilities."""
-        from mamba_dna.pipelines.embed import make_batches
+    def predict_proba(self, seqs: Sequence[np.ndarray], piece: int = 1 << 15) -> np.ndarray:
+        """(n, K) float64; with rc_average, the mean of both strands' probabilities.
+
+        The backbone runs through `embed_batch` (the code of `mamba-dna embed`): pieces of
+        `piece` positions with the state carried, so a megabase window costs one piece's
+        memory and gives the pooled vector of the training forward pass."""
+        from mamba_dna.pipelines.embed import embed_batch, make_batches
 
         self.net.eval()
-        device = next(self.net.parameters()).device
+        head = self.net.head
         out = np.zeros((len(seqs), len(self.classes)), np.float64)
         n_tok = self.eval_batch * max(len(s) for s in seqs) if len(seqs) else 1
         for rows in make_batches([len(s) for s in seqs], n_tok, self.eval_batch):
@@ -182,8 +178,10 @@ class FinetunedClassifier:
             if self.rc_average:
                 strands.append([reverse_complement(np.asarray(seqs[r])) for r in rows])
             for batch in strands:
-                ids, lengths = _pad(batch, device)  # (b, L), (b,)
-                p = torch.softmax(self.net(ids, lengths), -1)  # (b, K)
+                pooled = embed_batch(self.net.backbone, batch, pool=self.net.pool,
+                                     piece=piece)  # (b, d_model) float32
+                x = torch.from_numpy(pooled).to(head.weight.device, head.weight.dtype)
+                p = torch.softmax(head(x).float(), -1)  # (b, K)
                 out[rows] += p.double().cpu().numpy() / len(strands)
         return out
 

@@ -1,7 +1,7 @@
 """`classify train --finetune`: the length ladder, learning a 2-class task whose classes
 differ only in base order (two Markov sources with the same composition), the saved
-directory round-tripping to identical probabilities, and gradient checkpointing changing
-nothing but memory."""
+directory round-tripping to identical probabilities, gradient checkpointing changing
+nothing but memory, and streamed prediction matching the training forward pass."""
 
 from __future__ import annotations
 
@@ -113,8 +113,14 @@ def test_gradient_checkpointing_gives_the_same_model(task):
                                grad_checkpointing=ckpt)
         clf = F.finetune(d / "model", segs, ["down", "up"], 256, cfg, C._GenomeCache())
         assert clf.net.backbone.config.gradient_checkpointing is False  # switched off after
-        probs.append(clf.predict_proba(C._tokens(C._GenomeCache(), wins["test"])))
+        seqs = C._tokens(C._GenomeCache(), wins["test"])
+        probs.append(clf.predict_proba(seqs))
     np.testing.assert_allclose(probs[0], probs[1], rtol=1e-5, atol=1e-6)
+    # prediction streams the backbone in pieces (state carried): same as the training forward
+    ids = torch.from_numpy(np.stack(seqs).astype(np.int64))  # (n, 256)
+    with torch.no_grad():
+        full = torch.softmax(clf.net(ids), -1).double().numpy()  # (n, 2)
+    np.testing.assert_allclose(clf.predict_proba(seqs, piece=100), full, rtol=1e-4, atol=1e-5)
 
 
 def test_cli_finetune_column_and_kmer_ks(task, tmp_path):
