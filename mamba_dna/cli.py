@@ -486,7 +486,7 @@ def classify_predict(
 @classify_app.command("evaluate")
 def classify_evaluate(
     labels: str = typer.Option(..., "--labels", help="TSV of labelled FASTA files."),
-    classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model or OUT/kmer from train."),
+    classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model, OUT/kmer or OUT/finetuned from train."),
     label_column: str = typer.Option("species", "--label-column"),
     group: str = typer.Option(None, "--group"),
     include: str = typer.Option(None, "--include"),
