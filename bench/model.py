@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mem-limit-gb", type=float, default=12.0)
     ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--timeout", type=float, default=1800,
+                    help="seconds per measurement subprocess; a peer over it is reported as such")
     ap.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (stream: --stream 0 skips it)")
     ap.add_argument("--child", nargs=5, metavar=("IMPL", "MODE", "L", "HF_DIR", "OURS_DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--check", nargs=2, metavar=("HF_DIR", "OURS_DIR"), help=argparse.SUPPRESS)
@@ -236,7 +238,12 @@ def main(argv=None) -> int:
         for mode in [m for m in ("fwd", "fwdbwd") if m in args.modes.split(",")]:
             for impl in impls:
                 prev = None  # (L, peak over base) of the previous length
+                slow_at = None  # a shorter L that already ran past --timeout
                 for L in lengths:
+                    if slow_at is not None:
+                        rows.append((impl, mode, L, None, None,
+                                     f"not run: L={slow_at} already took > {args.timeout:.0f} s"))
+                        continue
                     if prev is not None and impl != "ours":
                         est = prev[1] * L / prev[0]
                         if est > args.mem_limit_gb:
@@ -246,10 +253,12 @@ def main(argv=None) -> int:
                             continue
                     log(f"{impl} {mode} L={L} ...")
                     r = run_child("--child", impl, mode, str(L), hf_dir, ours_dir, "--reps", str(reps),
-                                  timeout=1800)
+                                  timeout=args.timeout)
                     if "error" in r:
                         rows.append((impl, mode, L, None, None, r["error"]))
                         log(f"  {r['error']}")
+                        if r["error"].startswith("timed out"):
+                            slow_at = L
                         continue
                     t = min(r["times"])
                     rows.append((impl, mode, L, L / t, r["peak_gb"], f"min of {len(r['times'])}, {t:.2f} s"))
