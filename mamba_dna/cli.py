@@ -173,6 +173,10 @@ def embed(
     layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [after final norm]."),
     rc_average: bool = typer.Option(False, "--rc-average", help="Average with the reverse strand."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 (stored values)."),
+    compression: str = typer.Option(
+        "lzf", "--compression",
+        help="Per-position filter: lzf (shuffle+LZF: fast, h5py reads it anywhere; R/MATLAB "
+             "need the LZF plugin) | gzip (level 1: any HDF5 reader, ~2x the CPU) | none."),
     piece: int = typer.Option(1 << 15, "--piece", help="Positions per streamed piece (memory)."),
     shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's share."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT.partial, skip done items."),
@@ -196,7 +200,8 @@ def embed(
     def make(out_: str, shard_: str | None, device_: str) -> EmbedConfig:
         return EmbedConfig(fasta=fasta, model=model, out=out_, bed=bed, window=window,
                            stride=stride, pool=pool, per_position=per_position, layer=layer,
-                           rc_average=rc_average, dtype=dtype, piece=piece, shard=shard_,
+                           rc_average=rc_average, dtype=dtype, compression=compression,
+                           piece=piece, shard=shard_,
                            resume=resume, device=device_)
 
     ranks = rankshard.launcher_shard(shard)

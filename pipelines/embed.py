@@ -6,6 +6,12 @@ positions, carrying the recurrent state from piece to piece, so a megabase item 
 memory of one piece (same numbers as one pass). Save: rows go into an HDF5 file (schema in
 `mamba_dna.io.hdf5`) under a `.partial` name, flushed after every batch with the items'
 `done` flags; `--resume` continues that file, and the finished file is renamed into place.
+All HDF5 calls of a run happen on one writer thread fed through a queue bounded in bytes, so
+compression and disk writes of piece k overlap the model's work on piece k+1 (h5py releases
+the GIL inside HDF5; on a GPU node the whole write hides behind the forward pass). An error
+on the writer thread stops the run with that error; the `done` flags written before it are
+exact, so `--resume` continues from there. Per-position datasets are compressed with
+shuffle+LZF by default (`--compression gzip|none`: see `mamba_dna.io.hdf5`).
 
 Sharding: batches (not items) are dealt out round-robin to `--shard i/n`, and a batch's
 composition never depends on the shard, so `embed merge` of the shards holds exactly the
@@ -22,6 +28,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,37 +53,51 @@ DTYPES = ("float32", "float16")
 
 
 class _Pooler:
-    """Running mean / max / last over the valid positions of a batch, fed piece by piece."""
+    """Running mean / max / last over the valid positions of a batch, fed piece by piece.
 
-    def __init__(self, mode: str, lengths: torch.Tensor, d: int):
-        self.mode, self.lengths = mode, lengths  # lengths (B,) int64
-        B = lengths.shape[0]
+    Pools on the model's device: only the (B, d) result moves to the host. Pieces without
+    padding (the usual case: equal-length batches) take one reduction over the whole piece.
+    """
+
+    def __init__(self, mode: str, lengths: torch.Tensor, d: int, device: torch.device):
+        self.mode, self.lengths = mode, [int(n) for n in lengths]  # valid length per row
+        B = len(self.lengths)
+        f64 = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         if mode == "max":
-            self.acc = torch.full((B, d), -torch.inf, dtype=torch.float32)
+            self.acc = torch.full((B, d), -torch.inf, dtype=torch.float32, device=device)
         else:
-            self.acc = torch.zeros(B, d, dtype=torch.float64 if mode == "mean" else torch.float32)
+            self.acc = torch.zeros(B, d, dtype=f64 if mode == "mean" else torch.float32,
+                                   device=device)  # (B, d)
 
     def update(self, start: int, h: torch.Tensor) -> None:
-        """h (B, l, d): rows for positions start .. start+l-1."""
-        h = h.float().cpu()
-        B, l, _ = h.shape
-        pos = torch.arange(start, start + l)  # (l,)
-        valid = pos[None, :] < self.lengths[:, None]  # (B, l)
-        if self.mode == "mean":
-            self.acc += (h * valid[..., None]).sum(1, dtype=torch.float64)
-        elif self.mode == "max":
-            masked = h.masked_fill(~valid[..., None], -torch.inf)  # (B, l, d)
-            self.acc = torch.maximum(self.acc, masked.amax(1))
-        elif self.mode == "last":
-            last = self.lengths - 1 - start  # (B,) row of the last position inside this piece
-            inside = (last >= 0) & (last < l)
-            for b in torch.nonzero(inside).flatten().tolist():
-                self.acc[b] = h[b, int(last[b])]
+        """h (B, l, d) float32: rows for positions start .. start+l-1."""
+        l = h.shape[1]
+        if self.mode == "last":
+            for b, n in enumerate(self.lengths):
+                if start < n <= start + l:  # the last valid position is in this piece
+                    self.acc[b] = h[b, n - 1 - start]
+            return
+        valid = [min(max(n - start, 0), l) for n in self.lengths]  # valid rows per item
+        if all(k == l for k in valid):
+            if self.mode == "mean":
+                self.acc += h.sum(1).to(self.acc.dtype)  # (B, d)
+            else:
+                torch.maximum(self.acc, h.amax(1), out=self.acc)
+            return
+        for b, k in enumerate(valid):  # padding: reduce each row over its valid part
+            if k == 0:
+                continue
+            if self.mode == "mean":
+                self.acc[b] += h[b, :k].sum(0).to(self.acc.dtype)
+            else:
+                torch.maximum(self.acc[b], h[b, :k].amax(0), out=self.acc[b])
 
     def result(self) -> torch.Tensor:
+        """(B, d) float32 on the host."""
         if self.mode == "mean":
-            return (self.acc / self.lengths[:, None].clamp(min=1)).float()  # (B, d)
-        return self.acc
+            n = torch.tensor(self.lengths, dtype=self.acc.dtype, device=self.acc.device)
+            return (self.acc / n.clamp(min=1)[:, None]).float().cpu()
+        return self.acc.cpu()
 
 
 @torch.no_grad()
@@ -104,13 +127,15 @@ def _batch_tensor(seqs: Sequence[np.ndarray], device) -> tuple[torch.Tensor, tor
 def embed_batch(model, seqs: Sequence[np.ndarray], *, pool: str = "mean", layer: int | None = None,
                 rc_average: bool = False, piece: int = 1 << 15,
                 position_sink: Callable[[int, int, int, torch.Tensor, bool], None] | None = None,
-                ) -> np.ndarray | None:
+                position_dtype: torch.dtype = torch.float32) -> np.ndarray | None:
     """Pooled embeddings (B, d) float32 of token arrays `seqs` (each (L_b,) uint8 ids).
 
     With `position_sink`, per-position rows are handed over piece by piece as
     `position_sink(b, start, end, h (end-start, d), is_rc)`: forward rows in order first,
     then (with rc_average) reverse-strand rows already flipped to forward coordinates, for
-    the caller to average in place. Nothing of size (L, d) is ever held here.
+    the caller to average in place. Nothing of size (L, d) is ever held here. The rows are
+    host tensors of `position_dtype`, cast on the model's device before the one copy to
+    the host per piece (float16 halves that copy on a GPU).
 
     rc_average for pooled output averages the two strands' pooled vectors (for "last", the
     last position of each strand, which has seen the whole sequence).
@@ -124,14 +149,14 @@ def embed_batch(model, seqs: Sequence[np.ndarray], *, pool: str = "mean", layer:
         if is_rc:
             rc = [reverse_complement(np.asarray(s)) for s in seqs]
             ids, _ = _batch_tensor(rc, device)
-        pooler = _Pooler(pool, lengths, d) if pool != "none" else None
+        pooler = _Pooler(pool, lengths, d, device) if pool != "none" else None
 
         def sink(start, h, pooler=pooler, is_rc=is_rc):
             if pooler is not None:
                 pooler.update(start, h)
             if position_sink is None:
                 return
-            h = h.float().cpu()  # (B, l, d)
+            h = h.to(position_dtype).cpu()  # (B, l, d); no copy when already fp32 on the CPU
             for b in range(h.shape[0]):
                 n = int(lengths[b])
                 e = min(start + h.shape[1], n)
@@ -269,6 +294,79 @@ def item_tokens(genome, chrom: str, start: int, end: int, strand: str) -> np.nda
     return reverse_complement(ids) if strand == "-" else ids
 
 
+# --------------------------------------------------------------------------- the writer
+
+
+class _Writer:
+    """One thread that runs every write job of a run, in the order they were put.
+
+    `put(job, nbytes)` blocks while more than `max_bytes` of arrays are queued (memory stays
+    bounded however slow the disk or the codec). The first exception raised by a job is kept,
+    later jobs are dropped (so no `done` flag follows a failed write), and the exception is
+    raised in the caller's thread at its next `put` or at `close`.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.error: BaseException | None = None
+        self.busy_s = 0.0  # time spent inside jobs (what the thread took off the main loop)
+        self._jobs: deque = deque()
+        self._queued = 0  # bytes held by queued jobs
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="mamba-dna-embed-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs:
+                    self._cv.wait()
+                job, nbytes = self._jobs.popleft()
+            if job is None:
+                return
+            if self.error is None:
+                t = time.perf_counter()
+                try:
+                    job()
+                except BaseException as e:  # handed to the main thread, never swallowed
+                    self.error = e
+                self.busy_s += time.perf_counter() - t
+            with self._cv:
+                self._queued -= nbytes
+                self._cv.notify_all()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, job: Callable[[], None], nbytes: int = 0) -> None:
+        with self._cv:
+            while self._queued and self._queued + nbytes > self.max_bytes and self.error is None:
+                self._cv.wait()
+            self._raise()
+            self._jobs.append((job, nbytes))
+            self._queued += nbytes
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        """Run what is queued, stop the thread, raise the first error of a job."""
+        if self._thread.is_alive():
+            with self._cv:
+                self._jobs.append((None, 0))
+                self._cv.notify_all()
+            self._thread.join()
+        self._raise()
+
+
+def _write_rows(ds, s: int, e: int, rows: np.ndarray, is_rc: bool) -> None:
+    """Rows [s, e) of one item's per-position dataset; reverse-strand rows are averaged with
+    the forward rows already written there."""
+    if is_rc:
+        rows = (ds[s:e].astype(np.float32) + rows) / 2  # (e-s, d)
+    ds[s:e] = rows if rows.dtype == ds.dtype else rows.astype(ds.dtype)
+
+
 # --------------------------------------------------------------------------- the job
 
 
@@ -285,6 +383,7 @@ class EmbedConfig:
     layer: int | None = None  # None = after the final norm
     rc_average: bool = False
     dtype: str = "float32"
+    compression: str = hdf5.DEFAULT_COMPRESSION  # per-position filter: lzf | gzip | none
     piece: int = 1 << 15  # positions per streamed piece
     batch_tokens: int = 1 << 16
     max_batch: int = 64
@@ -307,6 +406,7 @@ class EmbedConfig:
                               "positive lengths in bp")
         if self.piece < 1:
             raise ConfigError(f"piece {self.piece} must be >= 1")
+        hdf5.check_compression(self.compression)
         parse_shard(self.shard)
 
 
@@ -378,6 +478,7 @@ def run_embed(cfg: EmbedConfig, model=None, checkpoint_sha: str | None = None) -
         "layer": "final_norm" if layer is None else int(layer),
         "rc_average": int(cfg.rc_average),
         "dtype": cfg.dtype,
+        "compression": cfg.compression,
         "per_position": int(cfg.per_position),
         "d_model": d,
         "n_items_total": len(items),
@@ -403,9 +504,31 @@ def run_embed(cfg: EmbedConfig, model=None, checkpoint_sha: str | None = None) -
                     per_position=cfg.per_position, dtype=cfg.dtype)
         f = h5py.File(part, "r+")
 
-    # ---- run: batch by batch, flushed with the done flags after each
+    # ---- run: batch by batch; the writer thread writes the rows, then the batch's pooled
+    # rows and `done` flags, then flushes, in that order
+    done = f["items/done"][:].astype(bool)  # (n_file,)
+    # float16 rows are cast on the device; --rc-average averages in float32 first
+    pos_dtype = torch.float16 if cfg.dtype == "float16" and not cfg.rc_average else torch.float32
+    chunk_rows = min(hdf5.CHUNK_ROWS, cfg.piece)  # whole chunks per streamed piece
+    # two pieces of the largest batch in flight at most (a piece is at most
+    # max(batch_tokens, piece) positions x d x 4 bytes)
+    writer = _Writer(max_bytes=2 * max(cfg.batch_tokens, cfg.piece) * d * 4)
+    dsets: dict[int, object] = {}  # item row in this file -> its per-position dataset
+
+    def create(rows, lengths, names):
+        dsets.clear()
+        for r, n, name in zip(rows, lengths, names, strict=True):
+            dsets[r] = hdf5.per_position_dataset(
+                f, int(file_items.index[r]), n, d, cfg.dtype, name, chunk_rows=chunk_rows,
+                compression=cfg.compression)
+
+    def finish(rows, pooled):
+        if pooled is not None:
+            f["pooled"][rows[0] : rows[-1] + 1] = pooled.astype(cfg.dtype)
+        f["items/done"][rows[0] : rows[-1] + 1] = 1
+        f.flush()
+
     try:
-        done = f["items/done"][:].astype(bool)  # (n_file,)
         total_bp = int(file_items.length.sum())
         left = [b for b in mine if not all(done[row_of[i]] for i in b)]
         bp_done = total_bp - sum(int(items.length[i]) for b in left for i in b)
@@ -414,32 +537,36 @@ def run_embed(cfg: EmbedConfig, model=None, checkpoint_sha: str | None = None) -
             for batch in left:
                 seqs = [item_tokens(genome, items.chrom[i], int(items.start[i]),
                                     int(items.end[i]), items.strand[i]) for i in batch]
+                rows = [row_of[i] for i in batch]
                 sink = None
                 if cfg.per_position:
-                    dsets = [hdf5.per_position_dataset(f, int(i), len(s), d, cfg.dtype,
-                                                       str(items.id[i]))
-                             for i, s in zip(batch, seqs, strict=True)]
+                    writer.put(lambda r=rows, b=batch, s=seqs: create(
+                        r, [len(x) for x in s], [str(items.id[i]) for i in b]))
 
-                    def sink(b, s, e, h, is_rc, dsets=dsets):
-                        if is_rc:  # average with the forward rows written before
-                            fwd = torch.from_numpy(dsets[b][s:e].astype(np.float32))
-                            h = (fwd + h) / 2
-                        dsets[b][s:e] = h.numpy().astype(cfg.dtype)
+                    def sink(b, s, e, h, is_rc, rows=rows):
+                        a = h.numpy()  # (e-s, d) view of the piece: no copy
+                        writer.put(lambda: _write_rows(dsets[rows[b]], s, e, a, is_rc), a.nbytes)
 
                 pooled = embed_batch(model, seqs, pool=cfg.pool, layer=layer,
                                      rc_average=cfg.rc_average, piece=cfg.piece,
-                                     position_sink=sink)
-                rows = [row_of[i] for i in batch]
-                if pooled is not None:
-                    f["pooled"][rows[0] : rows[-1] + 1] = pooled.astype(cfg.dtype)
-                done_col = f["items/done"]
-                done_col[rows[0] : rows[-1] + 1] = 1
-                f.flush()
+                                     position_sink=sink, position_dtype=pos_dtype)
+                writer.put(lambda r=rows, p=pooled: finish(r, p))
                 bar.advance(sum(len(s) for s in seqs))
-        f.attrs["complete"] = 1
-        f.flush()
+
+        def complete():
+            f.attrs["complete"] = 1
+            f.flush()
+
+        writer.put(complete)
+        writer.close()  # raises the writer's error, if any
     finally:
-        f.close()
+        try:
+            writer.close()  # after an error in this thread: what is queued still lands
+        except BaseException:
+            if writer.error is None:  # not the writer's error (already raised): a Ctrl-C
+                raise
+        finally:
+            f.close()
     os.replace(part, out)
     return out
 
@@ -499,6 +626,7 @@ def merge(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
                                   "d_model", "dtype", "per_position", "complete")}
             attrs["shard"] = ""
             attrs["merged_from"] = json.dumps([p.name for p, _, _ in infos])
+            attrs["compression"] = ref["compression"]  # "gzip" for files from before the option
             d, dtype = int(ref["d_model"]), str(ref["dtype"])
             has_pooled = "pooled" in srcs[0]
             hdf5.create(tmp, items, attrs, d_model=d, pooled=has_pooled,

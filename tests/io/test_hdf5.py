@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mamba_dna.errors import InputError
+from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.io import hdf5
 
 
@@ -46,7 +46,8 @@ def test_create_and_read_back(tmp_path):
 def test_resume_refuses_other_runs_and_foreign_files(tmp_path):
     p = tmp_path / "e.h5"
     hdf5.create(p, items(), ATTRS, d_model=4, pooled=True, per_position=False, dtype="float32")
-    expect = {**ATTRS, "format_version": 1, "dtype": "float32", "per_position": 0, "d_model": 4}
+    expect = {**ATTRS, "format_version": 1, "dtype": "float32", "per_position": 0, "d_model": 4,
+              "compression": hdf5.DEFAULT_COMPRESSION}
     f = hdf5.open_for_resume(p, {k: expect.get(k) for k in hdf5.RUN_KEYS})
     f.close()
     with pytest.raises(InputError, match="window"):
@@ -66,3 +67,22 @@ def test_item_columns_must_agree():
     with pytest.raises(ValueError, match="rows"):
         hdf5.Items(np.array(["a"], object), np.array([0, 1]), np.array([1]),
                    np.array(["+"], object), np.array(["x"], object))
+
+
+def test_compression_attribute_and_filters(tmp_path):
+    p = tmp_path / "e.h5"
+    hdf5.create(p, items(), {**ATTRS, "compression": "gzip"}, d_model=4, pooled=False,
+                per_position=True, dtype="float32")
+    with h5py.File(p, "r+") as f:
+        assert hdf5.run_attrs(f)["compression"] == "gzip"
+        x = np.random.default_rng(0).standard_normal((150, 4)).astype(np.float32)
+        for c, filt in (("lzf", "lzf"), ("gzip", "gzip"), ("none", None)):
+            ds = hdf5.per_position_dataset(f, 1, 150, 4, "float32", "b", chunk_rows=64,
+                                           compression=c)
+            ds[:100] = x[:100]  # a chunk filled in two writes (kept in the chunk cache)
+            ds[100:] = x[100:]
+            assert ds.compression == filt and np.array_equal(ds[:], x)
+        del f.attrs["compression"]  # a file written before the attribute existed: gzip
+        assert hdf5.run_attrs(f)["compression"] == "gzip"
+    with pytest.raises(ConfigError, match="expected one of lzf"):
+        hdf5.check_compression("zstd")

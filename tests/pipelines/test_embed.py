@@ -74,7 +74,7 @@ def test_file_read_back_with_h5py(setup, tmp_path):
     out = tmp_path / "emb.h5"
     rc = main_ok(["embed", "--fasta", str(d / "g.fa"), "--model", str(d / "model"), "--out",
                   str(out), "--window", "1000", "--stride", "600", "--per-position",
-                  "--rc-average", "--piece", "256"])
+                  "--rc-average", "--piece", "256", "--compression", "gzip"])
     assert rc == 0
     with h5py.File(out, "r") as f:  # plain h5py only from here
         a = dict(f.attrs)
@@ -84,6 +84,7 @@ def test_file_read_back_with_h5py(setup, tmp_path):
         assert len(a["checkpoint_sha256"]) == 64
         assert (a["window"], a["stride"], a["pooling"], a["rc_average"]) == (1000, 600, "mean", 1)
         assert a["layer"] == "final_norm" and "0-based half-open" in a["coordinates"]
+        assert a["compression"] == "gzip"
         chrom = f["items/chrom"].asstr()[:]
         start, end = f["items/start"][:], f["items/end"][:]
         # windows: chr1 0,600,1200,1800(->2600); chr2 0(->900); chrM 0,600(->1301)
@@ -97,7 +98,7 @@ def test_file_read_back_with_h5py(setup, tmp_path):
             ref = direct(model, ids, rc=True)  # (L, d)
             pp = f["per_position"][f"{r:09d}"]
             assert pp.shape == (end[r] - start[r], 16) and pp.chunks[1] == 16
-            assert pp.compression == "gzip"
+            assert pp.compression == "gzip" and pp.shuffle and pp.chunks[0] <= 256
             np.testing.assert_allclose(pp[:], ref, rtol=1e-4, atol=2e-5)
             np.testing.assert_allclose(f["pooled"][r], ref.mean(0), rtol=1e-4, atol=2e-5)
 
@@ -209,3 +210,87 @@ def test_user_mistakes(setup, tmp_path):
     with pytest.raises(InputError, match="chrX"):
         E.run_embed(E.EmbedConfig(bed=str(bad), **base))
     assert main_ok(["embed", "--fasta", str(d / "g.fa"), "--out", "x.h5"]) == 2  # no --model
+
+
+def test_unequal_lengths_in_one_batch_pool_each_on_its_own(setup):
+    """Right padding: each row is pooled over its own valid positions only."""
+    _, model, seqs = setup
+    ids = encode(seqs["chr1"])
+    a, b = ids[:1000], ids[1000:1333]  # b ends inside the second of three 400-bp pieces
+    for pool in ("mean", "max", "last"):
+        both = E.embed_batch(model, [a, b], pool=pool, piece=400)  # (2, d)
+        for row, x in zip(both, (a, b), strict=True):
+            ref = direct(model, x)  # (L, d)
+            want = {"mean": ref.mean(0), "max": ref.max(0), "last": ref[-1]}[pool]
+            np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5, err_msg=pool)
+
+
+def test_compression_options_round_trip(setup, tmp_path):
+    """Every filter stores the same numbers; the choice is recorded and checked on resume."""
+    d, _, _ = setup
+    kw = dict(fasta=str(d / "g.fa"), model=str(d / "model"), bed=str(d / "r.bed"),
+              per_position=True, dtype="float16", piece=300)
+    files = {c: E.run_embed(E.EmbedConfig(out=str(tmp_path / f"{c}.h5"), compression=c, **kw))
+             for c in ("lzf", "none")}
+    with h5py.File(files["lzf"], "r") as fl, h5py.File(files["none"], "r") as fn:
+        assert fl.attrs["compression"] == "lzf" and fn.attrs["compression"] == "none"
+        for k in fl["per_position"]:
+            pl, pn = fl["per_position"][k], fn["per_position"][k]
+            assert pl.compression == "lzf" and pl.shuffle and pn.compression is None
+            assert pl.chunks[0] <= 300 and pl.dtype == np.float16
+            assert np.array_equal(pl[:], pn[:]), k
+    with pytest.raises(ConfigError, match="lzf, gzip, none"):
+        E.run_embed(E.EmbedConfig(out=str(tmp_path / "x.h5"), compression="zstd", **kw))
+
+
+def test_writer_error_stops_the_run_and_resume_finishes_it(setup, tmp_path, monkeypatch):
+    """A failed write (disk full, quota) is raised in the caller; no final file appears; only
+    items whose rows all landed are marked done; --resume then gives the reference file."""
+    d, _, _ = setup
+    kw = dict(fasta=str(d / "g.fa"), model=str(d / "model"), window=500, per_position=True,
+              rc_average=True, max_batch=2, piece=200)
+    ref = E.run_embed(E.EmbedConfig(out=str(tmp_path / "ref.h5"), **kw))
+    real = E._write_rows
+    calls = {"n": 0}
+
+    def failing(*a):
+        calls["n"] += 1
+        if calls["n"] == 25:  # inside the 3rd batch (each 500-bp item: 3 fwd + 3 rc pieces)
+            raise OSError(28, "No space left on device")
+        real(*a)
+
+    monkeypatch.setattr(E, "_write_rows", failing)
+    out = tmp_path / "cut.h5"
+    with pytest.raises(OSError, match="No space left"):
+        E.run_embed(E.EmbedConfig(out=str(out), **kw))
+    assert not out.exists() and calls["n"] == 25  # nothing was written after the failure
+    with h5py.File(E.partial_path(out), "r") as f, h5py.File(ref, "r") as fr:
+        assert f.attrs["complete"] == 0
+        done = f["items/done"][:]
+        assert done.sum() == 4 and done[:4].all()  # the two batches before the failure
+        for r in range(4):
+            k = f"{r:09d}"
+            assert np.array_equal(f["per_position"][k][:], fr["per_position"][k][:])
+    monkeypatch.setattr(E, "_write_rows", real)
+    E.run_embed(E.EmbedConfig(out=str(out), resume=True, **kw))
+    assert_same_file(ref, out)
+
+
+def test_writer_keeps_order_and_bounds_memory():
+    w = E._Writer(max_bytes=100)
+    seen, peak = [], {"q": 0}
+
+    def job(k):
+        peak["q"] = max(peak["q"], w._queued)
+        seen.append(k)
+
+    for k in range(50):
+        w.put(lambda k=k: job(k), nbytes=40)
+    w.close()
+    assert seen == list(range(50)) and peak["q"] <= 100
+    w = E._Writer(max_bytes=100)
+    w.put(lambda: 1 / 0)
+    w.put(lambda: seen.append("after"))  # may or may not be accepted, never run
+    with pytest.raises(ZeroDivisionError):
+        w.close()
+    assert seen[-1] == 49
