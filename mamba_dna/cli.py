@@ -294,7 +294,7 @@ def pretrain(
 
 
 score_app = typer.Typer(
-    help="Zero-shot variant effect scores (LLR, DLL) for a VCF (`score merge` joins shards).",
+    help="Zero-shot variant effect scores (LLR, DLL, embedding distance) for a VCF (`score merge` joins shards).",
     no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(score_app, name="score")
@@ -307,7 +307,8 @@ def score(
     fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA the VCF was called on."),
     model: str = typer.Option(None, "--model", "-m", help="Model directory, markov:K or markov:auto."),
     out: str = typer.Option(None, "--out", "-o", help="Output .vcf/.vcf.gz (INFO fields) or .tsv; '-' = TSV on stdout."),
-    scores: str = typer.Option("llr,dll", "--scores", help="llr (SNVs, nearly free), dll (all alleles)."),
+    scores: str = typer.Option("llr,dll", "--scores", help="llr (SNVs, nearly free), dll (all alleles), emb (network models: EMB_COS = 1 - cos, EMB_L2 between REF and ALT hidden states mean-pooled over the allele + window/2 bp downstream, mean of both strands; bases upstream are identical in a causal model and left out)."),
+    emb_layer: str = typer.Option("final", "--emb-layer", help="emb: 'final' (after the final norm) or K = after K blocks (0 = token embeddings, -1 = last block)."),
     window: int = typer.Option(2000, "--window", "-w", help="DLL window in bp: window/2 each side."),
     strict: bool = typer.Option(False, "--strict", help="REF mismatch or unknown contig is an error."),
     chrom_alias: str = typer.Option(None, "--chrom-alias", help="'chr1=1,chrM=MT' or a 2-column file."),
@@ -322,6 +323,7 @@ def score(
     """Score every ALT allele of a VCF with a model or a Markov baseline (negative = damaging).
 
     Example:  mamba-dna score --vcf variants.vcf.gz --fasta ref.fa --model runs/m/model --out scored.vcf.gz
+    With the embedding distance at the last block: --scores llr,dll,emb --emb-layer -1
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -335,7 +337,7 @@ def score(
 
     def make(out_: str, shard_: str | None, device_: str) -> ScoreConfig:
         return ScoreConfig(vcf=vcf, fasta=fasta, model=model, out=out_,
-                           scores=tuple(scores.split(",")), window=window, strict=strict,
+                           scores=tuple(scores.split(",")), emb_layer=emb_layer, window=window, strict=strict,
                            chrom_alias=chrom_alias, region=region, shard=shard_, context=context,
                            batch_size=batch_size, block=block, device=device_,
                            tsv_info=tuple(k for k in tsv_info.split(",") if k))
@@ -384,10 +386,10 @@ def score_eval(
     truth: str = typer.Option(..., "--truth", help="VCF with the label in INFO."),
     label: str = typer.Option(..., "--label", help="INFO key of the label (e.g. Y, FITNESS)."),
     metric: str = typer.Option("auroc", "--metric", help="auroc (label == --positive) | spearman."),
-    column: str = typer.Option("llr", "--score", help="Score column: llr | dll | dll_norm."),
+    column: str = typer.Option("llr", "--score", help="Score column: llr | dll | dll_norm | emb_cos | emb_l2 (distances: larger = damaging)."),
     positive: str = typer.Option("1", "--positive", help="Label value of the positive class."),
 ) -> None:
-    """Metric of a score against labelled variants (AUROC uses -score: negative = damaging).
+    """Metric of a score against labelled variants (AUROC uses -score, +score for emb distances).
 
     Example:  mamba-dna score eval scored.tsv --truth brca1_sge.vcf.gz --label Y --metric auroc
     """

@@ -18,6 +18,26 @@ DLL  Any REF/ALT (SNVs, MNVs, indels). On each strand: total log-likelihood of t
      vs len(REF) + W). DLL is the raw difference (what "likelihood of the haplotype" means);
      DLL_NORM = mean log-likelihood per scored base, ALT minus REF, which removes the
      allele-length term (for SNVs DLL_NORM = DLL / (W + 1)).
+EMB  Network models only (`--scores llr,dll,emb`; a markov:K scorer has no embeddings and
+     is refused). Embedding distance between the REF and the ALT haplotype at layer K
+     (`--emb-layer`, as `MambaLM.hidden`: None/"final" = after the final norm, what the LM
+     head reads; k = the residual stream after k blocks, 0 = token embeddings, negative from
+     the end). On each strand the hidden states h_t (h_t has read base t) are mean-pooled over
+     the allele and the W = window // 2 bases downstream of it:
+         r = mean(h_ref[q : q + len(REF) + W]),  a = mean(h_alt[q : q + len(ALT) + W])
+     (the two haplotypes' own coordinates; the pools have different lengths for indels).
+     Positions before the variant are excluded: in a causal model their hidden states are
+     identical for REF and ALT (distance 0), so including them would only dilute the score
+     by an arbitrary upstream length. Two fields:
+         EMB_COS = 1 - cos(r, a)   in [0, 2];   EMB_L2 = ||a - r||_2   (units of h)
+     Reverse complement: the distance is computed on each strand with that strand's
+     downstream window and the two distances are averaged (as LLR/DLL), so together they see
+     W bases each side of the variant; the pooled vectors are not averaged across strands
+     (the two strands' states describe different contexts). Sign: a distance is >= 0 and
+     larger = more different; `score eval` ranks larger distances as more damaging.
+     Cost: none beyond DLL: the ALT re-run's hidden states are read at layer K on the way
+     (a forward hook, the same call), and the REF pool comes from a running sum of the
+     reference pass's hidden states (float64 prefix sums at each variant's window ends).
 
 How it is fast: the recurrence is reused. The reference pass streams the contig in chunks
 with carried state (memory does not grow with the contig), gathers the LLR rows and the
@@ -74,7 +94,11 @@ from mamba_dna.io.vcf import (
 from mamba_dna.rankshard import parse_shard
 from mamba_dna.tokenizer import N, encode, reverse_complement
 
-SCORES = ("llr", "dll")
+SCORES = ("llr", "dll", "emb")
+DEFAULT_SCORES = ("llr", "dll")
+SCORE_COLUMNS = {"llr": ("llr",), "dll": ("dll", "dll_norm"), "emb": ("emb_cos", "emb_l2")}
+# columns where a larger value means "more damaging" (distances); the others: negative = damaging
+DISTANCE_COLUMNS = ("emb_cos", "emb_l2")
 SKIP_REASONS = (
     "symbolic_alt", "star_allele", "missing_alt", "breakend", "invalid_alt", "ref_mismatch",
     "ambiguous_base", "alt_equals_ref", "unknown_contig", "outside_contig",
@@ -89,7 +113,8 @@ class ScoreConfig:
     fasta: str
     model: str  # model directory, "markov:K" or "markov:auto"
     out: str
-    scores: tuple[str, ...] = SCORES
+    scores: tuple[str, ...] = DEFAULT_SCORES
+    emb_layer: int | None = None  # EMB layer (MambaLM.hidden's `layer`): None = after the final norm
     window: int = 2000  # DLL window: window // 2 bases downstream on each strand
     strict: bool = False  # REF mismatch / unknown contig = error instead of a flagged skip
     chrom_alias: str | None = None
@@ -108,6 +133,14 @@ class ScoreConfig:
         bad = [s for s in self.scores if s not in SCORES]
         if bad or not self.scores:
             raise ConfigError(f"--scores {','.join(self.scores)}: expected a subset of {','.join(SCORES)}")
+        if isinstance(self.emb_layer, str):  # from the CLI / a saved config: "final" or an integer
+            v = self.emb_layer.strip().lower()
+            if v in ("final", "none", ""):
+                self.emb_layer = None
+            elif re.fullmatch(r"-?\d+", v):
+                self.emb_layer = int(v)
+            else:
+                raise ConfigError(f"--emb-layer {self.emb_layer!r}: expected 'final' or a block index (0 = embeddings, -1 = last block)")
         if self.window < 2:
             raise ConfigError(f"--window {self.window}: expected >= 2 bases")
         if self.context is not None and self.context < 1:
@@ -200,6 +233,51 @@ def _to_tensor(lp) -> torch.Tensor:
     return lp if isinstance(lp, torch.Tensor) else torch.from_numpy(np.asarray(lp))
 
 
+class HiddenTap:
+    """Reads a MambaLM's hidden states at `layer` during `log_probs` calls (a forward hook).
+
+    Same values as `MambaLM.hidden(ids, state, layer)` without a second forward: layer None
+    = the final norm's output, k = the residual stream after k blocks (0 = embeddings),
+    negative k counts from the end. After each call, `.out` is (batch, L, d_model) fp32.
+    """
+
+    def __init__(self, scorer, layer: int | None):
+        bb = getattr(scorer, "backbone", None)
+        if bb is None or not hasattr(scorer, "hidden"):
+            raise ConfigError(f"--scores emb: scorer {getattr(scorer, 'name', '?')} has no embeddings",
+                              hint="emb needs a network model directory; markov:K scores llr,dll only")
+        n = len(bb.layers)
+        if layer is None:
+            self.module, self._pick = bb.norm_f, lambda o: o
+        else:
+            k = layer + n + 1 if layer < 0 else layer
+            if not 0 <= k <= n:
+                raise ConfigError(f"--emb-layer {layer}: expected an integer in [{-n - 1}, {n}] "
+                                  f"(this model has {n} blocks) or 'final'")
+            if k == 0:
+                self.module, self._pick = bb.embedding, lambda o: o
+            else:  # a Block returns (h, conv_state, ssm_state)
+                self.module, self._pick = bb.layers[k - 1], lambda o: o[0]
+        self.out: torch.Tensor | None = None
+        self._handle = None
+
+    def _hook(self, _module, _inputs, output) -> None:
+        self.out = self._pick(output).float()  # (batch, L, d_model)
+
+    def __enter__(self) -> HiddenTap:
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def take(self) -> torch.Tensor:
+        out, self.out = self.out, None
+        if out is None:
+            raise RuntimeError("HiddenTap: the hooked module did not run")
+        return out
+
+
 # ============================================================================ the fast path
 
 
@@ -218,18 +296,82 @@ class StrandResult:
     dll: np.ndarray  # (n,) ALT minus REF total log-lik over allele + downstream
     dll_norm: np.ndarray  # (n,) per-base difference
     edge: np.ndarray  # (n,) bool: context cut by a contig end
+    emb_cos: np.ndarray  # (n,) 1 - cos(REF pool, ALT pool) at the EMB layer; NaN without emb
+    emb_l2: np.ndarray  # (n,) ||ALT pool - REF pool||_2
+
+
+class _EmbPools:
+    """EMB on one strand: REF pools from the reference pass, ALT pools from the re-runs.
+
+    Variant i's REF pool is mean(h[lo_i:hi_i]) = (H(hi_i) - H(lo_i)) / (hi_i - lo_i) with
+    H(t) = sum of the pass's hidden states before t (float64, from the pass origin). H is
+    read at each window end as the pass goes by, so memory holds only the open windows,
+    not (n, d_model) arrays. A distance is written once both pools of a variant exist.
+    """
+
+    SUB = 8192  # rows per float64 prefix-sum block (bounds memory for long chunks)
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray):
+        self.lo, self.hi = lo, hi  # (n,) window [lo, hi) on this strand
+        self.by_lo = np.argsort(lo, kind="stable")
+        self.by_hi = np.argsort(hi, kind="stable")
+        self.p_lo = self.p_hi = 0
+        self.running: torch.Tensor | None = None  # (d,) float64: H(s) at the current pass position
+        self.open: dict[int, torch.Tensor] = {}  # i -> H(lo_i)
+        self.ref: dict[int, torch.Tensor] = {}  # i -> REF pool (d,)
+        self.alt: dict[int, torch.Tensor] = {}  # i -> ALT pool (d,)
+        self.cos = np.full(lo.size, np.nan)
+        self.l2 = np.full(lo.size, np.nan)
+
+    def pass_rows(self, s: int, h: torch.Tensor) -> None:
+        """h (T, d) fp32: hidden states of pass positions s .. s+T-1."""
+        n = self.lo.size
+        if self.running is None:
+            self.running = torch.zeros(h.shape[1], dtype=torch.float64, device=h.device)
+        for a in range(0, h.shape[0], self.SUB):
+            hb = h[a : a + self.SUB].double()  # (t, d)
+            s0, s1 = s + a, s + a + hb.shape[0]
+            cs = torch.cat([self.running[None], self.running + torch.cumsum(hb, 0)])  # (t + 1, d): H(s0..s1)
+            while self.p_lo < n and self.lo[self.by_lo[self.p_lo]] <= s1:
+                i = int(self.by_lo[self.p_lo])
+                self.open[i] = cs[self.lo[i] - s0].clone()
+                self.p_lo += 1
+            while self.p_hi < n and self.hi[self.by_hi[self.p_hi]] <= s1:
+                i = int(self.by_hi[self.p_hi])
+                self.ref[i] = (cs[self.hi[i] - s0] - self.open.pop(i)) / float(self.hi[i] - self.lo[i])
+                self.p_hi += 1
+                self._finish(i)
+            self.running = cs[-1].clone()
+
+    def alt_pool(self, i: int, pool: torch.Tensor) -> None:
+        self.alt[i] = pool
+        self._finish(i)
+
+    def _finish(self, i: int) -> None:
+        if i in self.ref and i in self.alt:
+            r, a = self.ref.pop(i), self.alt.pop(i)  # (d,) float64 each
+            self.cos[i], self.l2[i] = _distances(r, a)
+
+
+def _distances(r: torch.Tensor, a: torch.Tensor) -> tuple[float, float]:
+    """(1 - cos(r, a), ||a - r||_2) of two pooled vectors, float64."""
+    r, a = r.double(), a.double()
+    den = float(torch.linalg.vector_norm(r) * torch.linalg.vector_norm(a))
+    cos = float(r @ a) / den if den > 0 else math.nan
+    return 1.0 - cos, float(torch.linalg.vector_norm(a - r))
 
 
 @torch.inference_mode()
 def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, want_dll=True,
-                  down: int = 1000, block: int = 128, chunk: int = 65536, batch_size: int = 32,
+                  want_emb=False, emb_layer: int | None = None, down: int = 1000, block: int = 128, chunk: int = 65536, batch_size: int = 32,
                   context: int | None = None, stats: dict | None = None) -> StrandResult:
     """Scores of `jobs` on one strand `x` (uint8 ids (L,)) with one streaming pass + ALT re-runs.
 
     context=None streams from the strand's start; context=C starts the pass (from an empty
     state) at the block boundary at or before min(q) - C, so every variant has >= C bases of
     upstream context and the bases before are not read. `stats` (a dict) accumulates
-    pass_s / pass_calls / rerun_s / rerun_calls / rerun_tokens.
+    pass_s / pass_calls / rerun_s / rerun_calls / rerun_tokens. want_emb (network models
+    only) adds EMB at `emb_layer` from the same pass and re-runs; it implies the DLL re-runs.
     """
     stats = {} if stats is None else stats
     for k in ("pass_s", "pass_calls", "rerun_s", "rerun_calls", "rerun_tokens"):
@@ -244,9 +386,27 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
     llr = np.full(n, np.nan)
     dll = np.full(n, np.nan)
     dll_norm = np.full(n, np.nan)
+    tap = HiddenTap(scorer, emb_layer) if want_emb else None
+    want_dll = want_dll or want_emb  # EMB's ALT hidden states come from the DLL re-runs
     edge = (q == 0) | ((wd < down) if want_dll else np.zeros(n, bool))
+    emb = _EmbPools(q, q + m + wd) if want_emb else None
     if n == 0:
-        return StrandResult(llr, dll, dll_norm, edge)
+        return StrandResult(llr, dll, dll_norm, edge, np.full(0, np.nan), np.full(0, np.nan))
+    if tap is not None:
+        tap.__enter__()
+    try:
+        return _strand_run(scorer, x, jobs, q, m, wd, is_snv, llr, dll, dll_norm, edge, tap, emb,
+                           want_llr=want_llr, want_dll=want_dll, block=block, chunk=chunk,
+                           batch_size=batch_size, context=context, stats=stats, dev=dev)
+    finally:
+        if tap is not None:
+            tap.__exit__(None, None, None)
+
+
+def _strand_run(scorer, x, jobs, q, m, wd, is_snv, llr, dll, dll_norm, edge, tap, emb, *, want_llr,
+                want_dll, block, chunk, batch_size, context, stats, dev) -> StrandResult:
+    """The body of `strand_scores` (the hidden-state tap, if any, is registered around it)."""
+    L, n = int(x.size), len(jobs)
 
     origin = 0 if context is None else max(0, (int(q.min()) - int(context)) // block * block)
     # rows needed from the pass: row q-1 (the distribution at the variant position)
@@ -273,7 +433,8 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
             take, rest = pending[:batch_size], pending[batch_size:]
             pending[:] = rest
             t = time.perf_counter()
-            stats["rerun_tokens"] += _rerun(scorer, x, jobs, take, bstart, tail, rows4, dll, dll_norm, dev)
+            stats["rerun_tokens"] += _rerun(scorer, x, jobs, take, bstart, tail, rows4, dll, dll_norm, dev,
+                                            tap, emb)
             stats["rerun_s"] += time.perf_counter() - t
             stats["rerun_calls"] += 1
 
@@ -291,6 +452,8 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
         seg = torch.from_numpy(x[s:e].astype(np.int64))[None].to(dev)  # (1, e - s)
         lp, state = scorer.log_probs(seg, state)
         lp = _to_tensor(lp)[0].double().cpu().numpy()  # (e - s, 4): row r predicts x[s + r + 1]
+        if emb is not None:
+            emb.pass_rows(s, tap.take()[0])  # hidden (e - s, d_model) of x[s:e]
         stats["pass_s"] += time.perf_counter() - t
         stats["pass_calls"] += 1
         # rows at q - 1 that fall in this segment
@@ -333,11 +496,14 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
                 n_alt += int(wd[i] - tail[i])
             dll[i] = alt_ll - ref_ll
             dll_norm[i] = alt_ll / max(n_alt, 1) - ref_ll / max(n_ref, 1)
-    return StrandResult(llr, dll, dll_norm, edge)
+    if emb is not None:
+        return StrandResult(llr, dll, dll_norm, edge, emb.cos, emb.l2)
+    return StrandResult(llr, dll, dll_norm, edge, np.full(n, np.nan), np.full(n, np.nan))
 
 
-def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev) -> int:
-    """Batched ALT re-runs from block snapshots; stores (ALT log-lik, #terms) in out_ll/out_n.
+def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev, tap=None, emb=None) -> int:
+    """Batched ALT re-runs from block snapshots; stores (ALT log-lik, #terms) in out_ll/out_n
+    and, with `emb`, each ALT pool (mean hidden state over the ALT allele + downstream).
 
     Returns the number of tokens run (batch x padded length).
     """
@@ -357,6 +523,11 @@ def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev) -> int:
     state = _cat_states(states)
     lp, _ = scorer.log_probs(torch.from_numpy(toks).to(dev), state)
     lp = _to_tensor(lp).double().cpu().numpy()  # (batch, lmax, 4): row r predicts toks[r + 1]
+    if emb is not None:
+        hid = tap.take()  # (batch, lmax, d_model): h_t has read toks[t]
+        for r, (i, _) in enumerate(take):
+            k, a = starts[r], jobs[i].alt.size
+            emb.alt_pool(i, hid[r, k : k + a + int(wd[i])].double().mean(0))  # ALT allele + downstream
     for r, (i, _) in enumerate(take):
         s, seq, k = seqs[r], seqs[r], starts[r]
         tgt = np.arange(max(k, 1), s.size)  # ALT allele + downstream positions in seq
@@ -373,33 +544,38 @@ def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev) -> int:
 
 
 def score_contig(scorer, x: np.ndarray, starts: Sequence[int], refs: Sequence[np.ndarray],
-                 alts: Sequence[np.ndarray], *, want_llr=True, want_dll=True, window=2000,
-                 block=128, chunk=65536, batch_size=32, context: int | None = None,
-                 stats: dict | None = None) -> dict[str, np.ndarray]:
-    """Both strands of one contig: {'llr','dll','dll_norm','edge'} per variant (input order)."""
+                 alts: Sequence[np.ndarray], *, want_llr=True, want_dll=True, want_emb=False,
+                 emb_layer: int | None = None, window=2000, block=128, chunk=65536, batch_size=32,
+                 context: int | None = None, stats: dict | None = None) -> dict[str, np.ndarray]:
+    """Both strands of one contig: {'llr','dll','dll_norm','emb_cos','emb_l2','edge'} per
+    variant (input order); a score not asked for (or not defined, e.g. LLR of an indel) is NaN."""
     L = int(x.size)
     down = window // 2
     fw = [Job(int(p), r, a) for p, r, a in zip(starts, refs, alts, strict=True)]
     rv = [Job(L - int(p) - r.size, reverse_complement(r), reverse_complement(a))
           for p, r, a in zip(starts, refs, alts, strict=True)]
-    kw = dict(want_llr=want_llr, want_dll=want_dll, down=down, block=block, chunk=chunk,
-              batch_size=batch_size, context=context, stats=stats)
+    kw = dict(want_llr=want_llr, want_dll=want_dll, want_emb=want_emb, emb_layer=emb_layer, down=down,
+              block=block, chunk=chunk, batch_size=batch_size, context=context, stats=stats)
     f = strand_scores(scorer, x, fw, **kw)
     r = strand_scores(scorer, reverse_complement(x), rv, **kw)
     with warnings.catch_warnings():  # both strands NaN (e.g. LLR of an indel) -> NaN, quietly
         warnings.simplefilter("ignore", RuntimeWarning)
-        out = {k: np.nanmean(np.stack([getattr(f, k), getattr(r, k)]), axis=0) for k in ("llr", "dll", "dll_norm")}
+        out = {k: np.nanmean(np.stack([getattr(f, k), getattr(r, k)]), axis=0)
+               for k in ("llr", "dll", "dll_norm", "emb_cos", "emb_l2")}
     out["edge"] = f.edge | r.edge
     return out
 
 
 @torch.inference_mode()
 def naive_scores(scorer, x: np.ndarray, start: int, ref: np.ndarray, alt: np.ndarray,
-                 window: int = 2000) -> dict[str, float]:
+                 window: int = 2000, emb_layer: int | None = None) -> dict[str, float]:
     """Reference implementation: whole-contig passes per variant (for tests, tiny contigs).
 
     LLR from the full upstream sequence on each strand; DLL from the full REF and ALT
-    haplotypes, summing over the allele + window // 2 downstream bases on each strand.
+    haplotypes, summing over the allele + window // 2 downstream bases on each strand; EMB
+    (scorers with `hidden`) from `scorer.hidden(haplotype, layer=emb_layer)` of both whole
+    haplotypes, pooled over the allele + window // 2 downstream bases, distances averaged
+    over the strands.
     """
     down = window // 2
     L = x.size
@@ -417,7 +593,7 @@ def naive_scores(scorer, x: np.ndarray, start: int, ref: np.ndarray, alt: np.nda
         return float(lp[t[g] - 1, code[g]].sum()), int(t.size)
 
     res = {}
-    llrs, dlls, norms = [], [], []
+    llrs, dlls, norms, coss, l2s = [], [], [], [], []
     for strand in (0, 1):
         if strand == 0:
             xx, p, r, a = x, start, ref, alt
@@ -432,7 +608,18 @@ def naive_scores(scorer, x: np.ndarray, start: int, ref: np.ndarray, alt: np.nda
         la, na = ll(hap_alt, p, p + a.size + wd)
         dlls.append(la - lr)
         norms.append(la / max(na, 1) - lr / max(nr, 1))
+        if hasattr(scorer, "hidden"):
+            def hid(seq):
+                t = torch.from_numpy(seq.astype(np.int64))[None].to(dev)
+                return scorer.hidden(t, layer=emb_layer)[0][0].double()  # (len, d_model)
+            pr = hid(xx)[p : p + r.size + wd].mean(0)  # REF allele + downstream
+            pa = hid(hap_alt)[p : p + a.size + wd].mean(0)  # ALT allele + downstream
+            c, d = _distances(pr, pa)
+            coss.append(c)
+            l2s.append(d)
     res["llr"] = float(np.mean(llrs)) if llrs else math.nan
+    res["emb_cos"] = float(np.mean(coss)) if coss else math.nan
+    res["emb_l2"] = float(np.mean(l2s)) if l2s else math.nan
     res["dll"] = float(np.mean(dlls))
     res["dll_norm"] = float(np.mean(norms))
     return res
@@ -493,6 +680,8 @@ def run(cfg: ScoreConfig, scorer=None) -> Summary:
     resolve = ContigResolver(genome, parse_aliases(cfg.chrom_alias))
     if scorer is None:
         scorer = load_scorer(cfg.model, genome, cfg.device)
+    if "emb" in cfg.scores:
+        HiddenTap(scorer, cfg.emb_layer)  # a clear error now (Markov scorer, bad layer), not mid-run
     reader = VcfReader(cfg.vcf)
     lo_rec, hi_rec = 0, None
     if shard_n > 1:
@@ -506,15 +695,20 @@ def run(cfg: ScoreConfig, scorer=None) -> Summary:
         region = (rname, region[1], region[2])
 
     p = cfg.info_prefix
-    cols = [s for s in ("llr", "dll", "dll_norm") if s in cfg.scores or (s == "dll_norm" and "dll" in cfg.scores)]
+    cols = [c for sc in SCORES if sc in cfg.scores for c in SCORE_COLUMNS[sc]]
+    layer = "final norm" if cfg.emb_layer is None else f"layer {cfg.emb_layer}"
+    pool = f"allele + {cfg.window // 2} bases downstream"
     infos = {
         "llr": InfoField(p + "LLR", "A", "Float", "mamba-dna: log P(ALT) - log P(REF) at the SNV given its context, mean of both strands (negative = ALT less likely)"),
         "dll": InfoField(p + "DLL", "A", "Float", f"mamba-dna: ALT minus REF log-likelihood of allele + {cfg.window // 2} bases downstream, mean of both strands"),
         "dll_norm": InfoField(p + "DLL_NORM", "A", "Float", "mamba-dna: ALT minus REF mean log-likelihood per scored base (allele-length normalised DLL)"),
+        "emb_cos": InfoField(p + "EMB_COS", "A", "Float", f"mamba-dna: 1 - cosine similarity of the REF and ALT hidden states at the {layer}, each mean-pooled over the {pool}, mean of both strands (larger = more different)"),
+        "emb_l2": InfoField(p + "EMB_L2", "A", "Float", f"mamba-dna: L2 distance between the REF and ALT hidden states at the {layer}, each mean-pooled over the {pool}, mean of both strands (larger = more different)"),
     }
     status_info = InfoField(p + "STATUS", "A", "String", "mamba-dna: ok, edge (context cut by a contig end) or why the ALT was not scored")
     prov = (f"mamba-dna {__version__} score model={cfg.model} scorer={getattr(scorer, 'name', '?')} "
-            f"window={cfg.window} shard={shard_i}/{shard_n} region={cfg.region or 'all'}")
+            f"window={cfg.window} shard={shard_i}/{shard_n} region={cfg.region or 'all'}"
+            + (f" emb_layer={'final' if cfg.emb_layer is None else cfg.emb_layer}" if "emb" in cfg.scores else ""))
     if kind == "vcf":
         writer = VcfWriter(cfg.out, reader.meta, reader.columns, [infos[c] for c in cols] + [status_info],
                            extra_meta=[f"##mamba-dna_score={prov}"])
@@ -586,8 +780,9 @@ def run(cfg: ScoreConfig, scorer=None) -> Summary:
 
 def _score_group(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fasta_name: str | None,
                  summary: Summary) -> list[list[dict]]:
-    """Per record, per ALT: {'llr','dll','dll_norm','status'} for one contig's records."""
-    results = [[{"llr": None, "dll": None, "dll_norm": None, "status": "ok"} for _ in rec.alts] for rec in group]
+    """Per record, per ALT: {'llr','dll','dll_norm','emb_cos','emb_l2','status'} for one contig's records."""
+    blank = dict.fromkeys(c for cs in SCORE_COLUMNS.values() for c in cs)
+    results = [[{**blank, "status": "ok"} for _ in rec.alts] for rec in group]
     summary.records += len(group)
     summary.alts += sum(len(r.alts) for r in group)
     if fasta_name is None:
@@ -634,11 +829,12 @@ def _score_group(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fasta
     if not where:
         return results
     sc = score_contig(scorer, x, starts, refs, alts, want_llr="llr" in cfg.scores,
-                      want_dll="dll" in cfg.scores, window=cfg.window, block=cfg.block,
+                      want_dll="dll" in cfg.scores, want_emb="emb" in cfg.scores,
+                      emb_layer=cfg.emb_layer, window=cfg.window, block=cfg.block,
                       chunk=cfg.chunk, batch_size=cfg.batch_size, context=cfg.context)
     for k, (gi, ai) in enumerate(where):
         r = results[gi][ai]
-        for c in ("llr", "dll", "dll_norm"):
+        for c in blank:
             v = float(sc[c][k])
             r[c] = None if math.isnan(v) else v
         if sc["edge"][k]:
@@ -740,7 +936,8 @@ def evaluate_labelled(scored: str, truth_vcf: str, label: str, metric: str = "au
     """Metric of a score column against a label INFO field of the truth VCF.
 
     metric "auroc": label == `positive` (e.g. Y=1: LOF / pathogenic) is the positive class
-    and the predictor is -score (negative score = damaging). metric "spearman": rank
+    and the predictor is -score (negative score = damaging), or +score for the distances
+    (emb_cos, emb_l2: larger = more damaging); `res["predictor"]` says which. metric "spearman": rank
     correlation of the score with a continuous label (e.g. FITNESS); with `threshold`, also
     the AUROC of label < threshold. Variants join on (chrom, pos, ref, alt); missing scores
     are left out and counted.
@@ -768,19 +965,24 @@ def evaluate_labelled(scored: str, truth_vcf: str, label: str, metric: str = "au
         ys.append(truth[key])
         ss.append(float(v))
     s = np.array(ss)
-    res = {"n": len(ss), "missing_score": missing, "score": score, "label": label, "metric": metric}
+    sign = 1.0 if score in DISTANCE_COLUMNS else -1.0  # predictor of "damaging"
+    res = {"n": len(ss), "missing_score": missing, "score": score, "label": label, "metric": metric,
+           "predictor": f"{'+' if sign > 0 else '-'}{score}"}
+    if not ss:
+        raise InputError(f"{scored}: no {score!r} values for the variants of {truth_vcf}",
+                         hint="was it scored with that score (--scores)?")
     if metric == "auroc":
         y = np.array([str(v) == positive for v in ys])
         if y.all() or not y.any():
             raise InputError(f"{truth_vcf}: label {label} has one class among the scored variants")
-        res["value"] = float(roc_auc_score(y, -s))
+        res["value"] = float(roc_auc_score(y, sign * s))
         res["n_pos"] = int(y.sum())
     elif metric == "spearman":
         y = np.array([float(v) for v in ys])
         res["value"] = float(spearmanr(s, y).statistic)
         if threshold is not None:
             yb = y < threshold
-            res["auroc_below_threshold"] = float(roc_auc_score(yb, -s))
+            res["auroc_below_threshold"] = float(roc_auc_score(yb, sign * s))
     else:
         raise ConfigError(f"metric {metric!r}: expected auroc or spearman")
     return res

@@ -329,3 +329,96 @@ def test_context_option_equals_scoring_the_trimmed_contig():
     a = score_contig(markov, x, starts, refs, alts, window=40, block=block, context=C)
     b = score_contig(markov, x, starts, refs, alts, window=40, block=block)
     np.testing.assert_allclose(a["dll"], b["dll"], rtol=1e-9)  # finite context >= k: no change
+
+
+# ----------------------------------------------------------------------------- embedding distance
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+def test_emb_fast_path_equals_two_full_haplotypes_through_hidden(layer):
+    """EMB from the pass + ALT re-runs == mean-pooled MambaLM.hidden of both whole haplotypes."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(4, 8, 200).astype(np.uint8)  # (L,)
+    net = _tiny_mamba(4)
+    # SNVs (one at the contig start, one at a block edge), an insertion, a deletion, an MNV
+    starts = [0, 16, 33, 70, 121, 198]
+    refs = [x[0:1], x[16:17], x[33:34], x[70:73], x[121:123], x[198:199]]
+    alts = [np.array([4 + (int(r[0]) - 3) % 4], np.uint8) for r in refs]
+    alts[2] = np.concatenate([x[33:34], encode("TTA")])  # insertion
+    alts[3] = x[70:71]  # deletion of 2 bases
+    alts[4] = np.array([4 + (int(b) - 2) % 4 for b in refs[4]], np.uint8)  # MNV
+    fast = score_contig(net, x, starts, refs, alts, want_llr=False, want_dll=False, want_emb=True,
+                        emb_layer=layer, window=30, block=8, chunk=45, batch_size=4)
+    for k in range(len(starts)):
+        nv = naive_scores(net, x, starts[k], refs[k], alts[k], window=30, emb_layer=layer)
+        for c in ("emb_cos", "emb_l2", "dll"):
+            np.testing.assert_allclose(fast[c][k], nv[c], rtol=1e-4, atol=1e-5, err_msg=f"variant {k} {c}")
+        assert nv["emb_cos"] > 1e-6 and nv["emb_l2"] > 1e-6  # a real change, not a trivial zero
+    assert np.isnan(fast["llr"]).all()  # not asked for
+    # ALT == REF: both pools are the same hidden states
+    same = score_contig(net, x, [50], [x[50:51]], [x[50:51]], want_emb=True, emb_layer=layer, window=30, block=8)
+    assert abs(same["emb_cos"][0]) < 1e-6 and abs(same["emb_l2"][0]) < 1e-5
+
+
+def test_emb_needs_a_network_model_and_a_valid_layer(ref_vcf, tmp_path):
+    fa, vcf, _ = ref_vcf
+    with pytest.raises(ConfigError, match="no embeddings"):
+        run(_cfg(fa, vcf, tmp_path / "m.tsv", scores=("llr", "emb")))
+    assert not (tmp_path / "m.tsv").exists()
+    x = np.random.default_rng(0).integers(4, 8, 100).astype(np.uint8)
+    with pytest.raises(ConfigError, match="no embeddings"):
+        score_contig(MarkovModel(2).fit([x]), x, [10], [x[10:11]], [x[11:12]], want_emb=True)
+    d = tmp_path / "model"
+    _tiny_mamba(3).save_pretrained(d)  # 2 blocks: layers -3 .. 2
+    with pytest.raises(ConfigError, match=r"--emb-layer 3: expected an integer in \[-3, 2\]"):
+        run(_cfg(fa, vcf, tmp_path / "n.tsv", model=str(d), scores=("emb",), emb_layer=3))
+    with pytest.raises(ConfigError, match="--emb-layer 'last'"):
+        _cfg(fa, vcf, tmp_path / "n.tsv", model=str(d), scores=("emb",), emb_layer="last")
+    assert _cfg(fa, vcf, tmp_path / "n.tsv", emb_layer="-1").emb_layer == -1
+    assert _cfg(fa, vcf, tmp_path / "n.tsv", emb_layer="final").emb_layer is None
+
+
+def test_cli_emb_with_markov_is_one_line(ref_vcf, tmp_path, capsys):
+    from mamba_dna.cli import main
+
+    fa, vcf, _ = ref_vcf
+    with pytest.raises(SystemExit) as e:
+        main(["score", "--vcf", str(vcf), "--fasta", str(fa), "--model", "markov:3",
+              "--out", str(tmp_path / "c.tsv"), "--scores", "llr,emb", "--emb-layer", "-1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no embeddings" in err and "Traceback" not in err
+
+
+def test_emb_in_vcf_and_tsv_outputs_and_eval_direction(ref_vcf, tmp_path):
+    fa, vcf, _ = ref_vcf
+    d = tmp_path / "model"
+    _tiny_mamba(3).save_pretrained(d)
+    out = tmp_path / "e.vcf.gz"
+    s = run(_cfg(fa, vcf, out, model=str(d), scores=("llr", "dll", "emb"), emb_layer=-1, batch_size=2))
+    assert s.scored == 5
+    vf = pysam.VariantFile(str(out))
+    for key in ("MDNA_EMB_COS", "MDNA_EMB_L2"):
+        assert vf.header.info[key].number == "A" and "layer -1" in vf.header.info[key].description
+    rows = read_scored(str(out))
+    ok = [r for r in rows if r["status"] in ("ok", "edge")]
+    assert len(ok) == 5 and all(float(r["emb_cos"]) >= 0 and float(r["emb_l2"]) > 0 for r in ok)
+    assert all(r["emb_cos"] == "." for r in rows if r["status"] not in ("ok", "edge"))
+    tsv = tmp_path / "e.tsv"
+    run(_cfg(fa, vcf, tsv, model=str(d), scores=("emb",), emb_layer=-1))
+    _, header, _ = read_tsv(tsv)
+    assert header[5:8] == ["emb_cos", "emb_l2", "status"]
+    assert [r["emb_l2"] for r in read_scored(str(tsv))] == [r["emb_l2"] for r in rows]
+    # eval: a distance ranks larger values as damaging (predictor +score), LLR-like scores -score
+    truth = tmp_path / "t.vcf"
+    body = "".join(f"c\t{i + 1}\t.\tA\tC\t.\t.\tY={int(i >= 5)}\n" for i in range(10))
+    truth.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" + body)
+    scored = tmp_path / "s.tsv"
+    lines = ["chrom\tpos\tid\tref\talt\tllr\temb_cos\tstatus"]
+    lines += [f"c\t{i + 1}\t.\tA\tC\t{-i}\t{0.1 * i}\tok" for i in range(10)]
+    scored.write_text("\n".join(lines) + "\n")
+    for col, pred in (("llr", "-llr"), ("emb_cos", "+emb_cos")):
+        r = evaluate_labelled(str(scored), str(truth), "Y", "auroc", score=col)
+        assert r["value"] == pytest.approx(1.0) and r["predictor"] == pred
+    with pytest.raises(InputError, match="no 'dll' values"):
+        evaluate_labelled(str(scored), str(truth), "Y", "auroc", score="dll")
