@@ -74,6 +74,7 @@ def main():
     from mamba_dna.pipelines.classify import ClassifyConfig, run_train
     from mamba_dna.pipelines.finetune import FinetuneConfig
 
+    from mamba_dna.errors import InputError
     from mamba_dna.model import MambaConfig, MambaLM
 
     out = Path(a.out or tempfile.mkdtemp(prefix="bench-classify-"))
@@ -100,7 +101,11 @@ def main():
                                  rc_average=True, kmer_ks=kmer_ks, device=a.device,
                                  finetune=ft if L <= a.finetune_max else None,
                                  **{**kw, "window": L, "lengths": (L,)})
-            rep = run_train(cfg)
+            try:
+                rep = run_train(cfg)
+            except InputError as e:  # e.g. a genome too short for three disjoint blocks
+                print(f"{name} {L}: skipped ({e})", file=sys.stderr)
+                continue
             rows += [(name, r) for r in rep["length_table"]]
         print(f"{name}: {what} -> {out / name}/report.md", file=sys.stderr)
 
