@@ -6,6 +6,7 @@
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False)
     causal_conv1d_fn(x, weight, bias=None, initial_state=None, activation="silu")
+    rms_norm_fn(x, weight, eps=1e-5)
 
 mamba_ssm's signatures and layouts (u, delta, z: (batch, dim, L); A: (dim, N);
 B, C: (batch, N, L) or (batch, groups, N, L)), plus `initial_state` (batch, dim, N) and
@@ -104,8 +105,20 @@ def causal_conv1d_fn(x, weight, bias=None, initial_state=None, activation="silu"
     return fn(x, weight, bias, initial_state, activation)
 
 
+def rms_norm_fn(x, weight, eps=1e-5):
+    """RMSNorm over the last dim: x (..., d), weight (d,) -> x's dtype, float32 math. The fused
+    numba kernel for CPU tensors (kernels/norm.py), PyTorch ops elsewhere or with
+    MAMBA_DNA_BACKEND=ref."""
+    from mamba_dna.kernels.norm import rms_norm_cpu, rms_norm_ref
+
+    backend, _ = choose_backend(x.device.type)
+    fn = rms_norm_cpu if (backend == "cpu" and x.device.type == "cpu") else rms_norm_ref
+    return fn(x, weight, eps)
+
+
 __all__ = [
     "causal_conv1d_fn",
+    "rms_norm_fn",
     "choose_backend",
     "selective_scan_fn",
     "selective_scan_ref",

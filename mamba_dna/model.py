@@ -42,7 +42,12 @@ from torch.utils.checkpoint import checkpoint
 
 from mamba_dna import __version__
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.kernels import causal_conv1d_fn, selective_scan_fn, selective_state_update
+from mamba_dna.kernels import (
+    causal_conv1d_fn,
+    rms_norm_fn,
+    selective_scan_fn,
+    selective_state_update,
+)
 from mamba_dna.tokenizer import BASES, VOCAB_SIZE, TokenizerSpec, reverse_complement
 
 CONFIG_NAME = "config.json"
@@ -187,9 +192,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return rms_norm_fn(x, self.weight, self.eps)  # (..., d), float32 math, x's dtype
 
 
 class MambaMixer(nn.Module):

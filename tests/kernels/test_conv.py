@@ -48,7 +48,7 @@ def test_matches_reference_forward_and_grads(case, dtype, monkeypatch):
     gout = torch.randn(batch, dim, L, generator=torch.Generator().manual_seed(1))
     got = torch.autograd.grad(out, leaves, gout.to(dtype))
     want = torch.autograd.grad(ref, leaves, gout)
-    for t, a, e in zip(leaves, got, want):
+    for t, a, e in zip(leaves, got, want, strict=True):
         assert a.dtype == t.dtype and a.shape == t.shape
         scale = max(1.0, float(e.abs().max()))
         torch.testing.assert_close(a.float(), e.float(), rtol=TOL[dtype]["rtol"],
