@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--finetune-max", type=int, default=4096,
                     help="fine-tune only rows with windows up to this many bp")
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    ap.add_argument("--finetune-pool", default="last", help="fine-tuning head: last | mean")
     ap.add_argument("--kmer-ks", default="3,4,5,6")
     ap.add_argument("--per-class", type=int, help="train windows per class [per task]")
     ap.add_argument("--rows", type=int, help="only the first ROWS window lengths of each task")
@@ -94,7 +95,7 @@ def main():
         if a.rows:
             kw["lengths"] = kw["lengths"][: a.rows]
         kmer_ks = tuple(int(k) for k in a.kmer_ks.split(","))
-        ft = (FinetuneConfig(steps=a.finetune, lr=a.lr, warmup_start=512)
+        ft = (FinetuneConfig(steps=a.finetune, lr=a.lr, warmup_start=512, pool=a.finetune_pool)
               if a.finetune else None)
         for L in kw["lengths"]:  # one run per row: fine-tuning only where it is cheap enough
             cfg = ClassifyConfig(labels=str(LABELS), out=str(out / name / str(L)), model=model,
@@ -111,7 +112,8 @@ def main():
 
     print(f"# classify: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}; "
           f"model {model} ({'random init' if not a.model else 'given'}); "
-          + (f"fine-tuned {a.finetune} steps, lr {a.lr}, up to {a.finetune_max} bp; "
+          + (f"fine-tuned ({a.finetune_pool}-token head) {a.finetune} steps, lr {a.lr}, "
+             f"up to {a.finetune_max} bp; "
              if a.finetune else "") + "single runs")
     print("| task | window | train/test per class | probe acc | finetuned acc | k-mer acc (k) "
           "| probe s | finetune s | k-mer s |")

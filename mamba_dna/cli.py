@@ -449,6 +449,8 @@ def classify_train(
                                            help="--finetune: auto (windows >= 16384) | on | off."),
     finetune_table: bool = typer.Option(True, "--finetune-table/--no-finetune-table",
                                         help="--finetune: also fine-tune at every length-table row."),
+    finetune_pool: str = typer.Option("last", "--finetune-pool",
+                                      help="--finetune: head on the last token (the paper's) | mean."),
 ) -> None:
     """Train + test a window classifier and the k-mer baseline on the same split; write a report.
 
@@ -462,7 +464,8 @@ def classify_train(
 
         ft = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                             warmup_lengths=_int_list(warmup_lengths, "--warmup-lengths"),
-                            grad_checkpointing=grad_checkpointing, table=finetune_table)
+                            grad_checkpointing=grad_checkpointing, table=finetune_table,
+                            pool=finetune_pool)
     cfg = ClassifyConfig(labels=labels, out=out, model=model, label_column=label_column,
                          group=group, include=include, label_from_record=label_from_record,
                          window=window, split_by=split_by, block=block, per_class=per_class,

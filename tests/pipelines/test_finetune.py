@@ -129,11 +129,13 @@ def test_cli_finetune_column_and_kmer_ks(task, tmp_path):
     assert run(["classify", "train", "--labels", str(d / "labels.tsv"), "--model",
                 str(d / "model"), "--out", str(out), "--window", "128", "--per-class", "8",
                 "--block", "1024", "--lengths", "128,256", "--kmer-ks", "1,2", "--finetune",
-                "--steps", "4", "--batch-size", "4", "--warmup-lengths", "64"]) == 0
+                "--steps", "4", "--batch-size", "4", "--warmup-lengths", "64",
+                "--finetune-pool", "mean"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["results"]) == {"model", "kmer", "finetuned"}
     assert rep["results"]["finetuned"]["n"] == rep["results"]["kmer"]["n"] == 8  # same test set
     assert rep["config"]["finetune"]["warmup_lengths"] == [64]
+    assert json.loads((out / "finetuned/classifier.json").read_text())["pool"] == "mean"
     assert rep["config"]["kmer_ks"] == [1, 2]
     assert all(r["kmer_k"] in (1, 2) and "finetuned_accuracy" in r for r in rep["length_table"])
     assert rep["results"]["kmer"]["features"] == "kmer-2"  # 1-mers carry nothing here
