@@ -5,10 +5,17 @@
     .venv/bin/python bench/embed.py --model DIR  # a trained model instead of random init
 
 Same model (random-init MambaLM, 2 layers x d_model 128 unless --model), same machine, same
-run. "bare forward" is `model.hidden` on the same windows in the same batches, tokens already
-in memory, no file: the limit for `embed` (target: embed within 1.3x of it). "embed pooled"
-and "embed per-position" are the whole `run_embed` job (FASTA read, streaming, HDF5 write,
-sha256 of inputs). Times are the minimum of --repeats runs (the machine is shared and noisy).
+run. "bare forward" is `model.hidden` on the same windows in the same batches, streamed in
+pieces of the same size with the state carried (`stream_hidden`, the loop `embed` runs),
+tokens already in memory, no file: the limit for `embed` (target: embed within 1.3x of it).
+"embed ..." rows are the whole `run_embed` job (FASTA read, streaming, HDF5 write through the
+writer thread, sha256 of inputs), per-position rows with each --compression. Times are the
+minimum of --repeats runs, taken round-robin over the rows so that a busy spell of the
+(shared, noisy) machine does not fall on one row only.
+
+The stage table times, on one thread of this process and one batch of windows, what the
+per-position path adds to the forward pass: the cast to the stored dtype and the HDF5 write
+with each filter (the writer thread runs these beside the next piece's forward).
 
 Peak memory (peak RSS of a fresh process after imports and model load, /proc VmHWM reset
 there; "after load" is the RSS at that point) for one
@@ -21,7 +28,6 @@ from __future__ import annotations
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys
 import tempfile  # noqa: E402
@@ -29,7 +35,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import best_of  # noqa: E402 (bench/_common.py)
+from _common import best_of, cpu_model  # noqa: E402 (bench/_common.py)
 
 DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 GENOME = DATA / "species/bacteria/Helicobacter_pylori__G27.fna.gz"
@@ -89,6 +95,44 @@ def peak_memory(mode, model_dir, fasta, n, out):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def stages(model, wins, batch, repeats, tmp):
+    """Time what per-position output adds to one batch's forward, on this thread."""
+    import h5py
+
+    from mamba_dna.io import hdf5
+
+    x = torch.from_numpy(np.stack([wins[i] for i in batch]).astype(np.int64))  # (B, L)
+    with torch.no_grad():
+        h = model.hidden(x)[0]  # (B, L, d) float32
+    with torch.no_grad():
+        t_fwd = best_of(lambda: model.hidden(x), repeats)
+    a = h.numpy()
+    mb = a.nbytes / 1e6
+    print(f"\n# stages of one batch ({len(batch)} x {x.shape[1]:,} bp, {mb:.0f} MB float32), "
+          f"one thread, min of {repeats}")
+    print(f"| {'stage':<40} | {'seconds':>8} | {'x forward':>9} | {'file MB':>8} |")
+    print(f"|{'-' * 42}|{'-' * 10}|{'-' * 11}|{'-' * 10}|")
+    print(f"| {'forward (model.hidden)':<40} | {t_fwd:8.3f} | {1:9.2f} | {'':>8} |")
+    t = best_of(lambda: h.to(torch.float16).numpy(), repeats)
+    print(f"| {'cast to float16 (torch)':<40} | {t:8.3f} | {t / t_fwd:9.2f} | {'':>8} |")
+    for dtype in ("float32", "float16"):
+        arr = a if dtype == "float32" else h.to(torch.float16).numpy()
+        for comp in ("none", "lzf", "gzip"):
+            path = tmp / "stage.h5"
+
+            def write(arr=arr, dtype=dtype, comp=comp, path=path):
+                with h5py.File(path, "w") as f:
+                    f.create_group("per_position")
+                    for b in range(arr.shape[0]):
+                        ds = hdf5.per_position_dataset(f, b, arr.shape[1], arr.shape[2], dtype,
+                                                       "x", compression=comp)
+                        ds[:] = arr[b]
+            t = best_of(write, repeats)
+            what = f"HDF5 write {dtype}, {comp}"
+            print(f"| {what:<40} | {t:8.3f} | {t / t_fwd:9.2f} | "
+                  f"{path.stat().st_size / 1e6:8.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model")
@@ -104,7 +148,13 @@ def main():
         print(f"skip: {GENOME} not found (set MAMBA_DNA_DATA)")
         return
 
-    from mamba_dna.pipelines.embed import EmbedConfig, load_model, make_batches, run_embed
+    from mamba_dna.pipelines.embed import (
+        EmbedConfig,
+        load_model,
+        make_batches,
+        run_embed,
+        stream_hidden,
+    )
 
     from mamba_dna.genome import Genome
 
@@ -122,26 +172,37 @@ def main():
     wins = [ids[s : s + a.window] for s in range(0, a.bp, a.window)]
     batches = make_batches([len(w) for w in wins], 1 << 16, 64)
 
+    piece = EmbedConfig.piece  # the piece size run_embed streams with
+
     def bare():
         with torch.no_grad():
             for b in batches:
-                x = torch.from_numpy(np.stack([wins[i] for i in b]).astype(np.int64))
-                model.hidden(x)  # (B, L, d)
+                x = torch.from_numpy(np.stack([wins[i] for i in b]).astype(np.int64))  # (B, L)
+                stream_hidden(model, x, None, piece, lambda s, h: None)  # h (B, l, d)
 
-    def job(per_position, rc=False):
+    def job(per_position, rc=False, compression="lzf", dtype="float32"):
         def f():
             run_embed(EmbedConfig(fasta=str(fa), model=str(model_dir), out=str(tmp / "e.h5"),
                                   window=a.window, per_position=per_position, rc_average=rc,
-                                  device="cpu"), model=model, checkpoint_sha=sha)
+                                  compression=compression, dtype=dtype, device="cpu"),
+                      model=model, checkpoint_sha=sha)
         return f
 
     bare()  # warm-up (kernel compilation)
-    rows = [("bare forward (model.hidden, in memory)", best_of(bare, a.repeats), 1)]
-    rows.append(("embed pooled mean", best_of(job(False), a.repeats), 1))
-    rows.append(("embed pooled + per-position (float32)", best_of(job(True), a.repeats), 1))
-    rows.append(("embed pooled, --rc-average (2 passes)", best_of(job(False, True), a.repeats), 2))
+    cases = [("bare forward (stream_hidden, in memory)", bare, 1),
+             ("embed pooled mean", job(False), 1),
+             ("embed + per-position f32, lzf (default)", job(True), 1),
+             ("embed + per-position f32, gzip", job(True, compression="gzip"), 1),
+             ("embed + per-position f32, none", job(True, compression="none"), 1),
+             ("embed + per-position f16, lzf", job(True, dtype="float16"), 1),
+             ("embed pooled, --rc-average (2 passes)", job(False, True), 2)]
+    times = [[] for _ in cases]
+    for _ in range(a.repeats):  # round-robin: each row sees the machine's quiet and busy spells
+        for k, (_, fn, _) in enumerate(cases):
+            times[k].append(best_of(fn, 1))
+    rows = [(what, min(ts), passes) for (what, _, passes), ts in zip(cases, times, strict=True)]
 
-    print(f"# embed throughput: {platform.processor() or platform.machine()}, "
+    print(f"# embed throughput: {cpu_model()}, "
           f"{os.cpu_count()} cpus, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"# model {model_dir.name}: {model.config.n_layer} layers x d_model {model.config.d_model}; "
           f"{a.bp:,} bp of {GENOME.name}, {a.window:,} bp windows; min of {a.repeats} runs")
@@ -151,6 +212,7 @@ def main():
     for what, t, passes in rows:
         print(f"| {what:<40} | {t:8.2f} | {a.bp / t:10,.0f} | {t / (t0 * passes):7.2f} |")
     print("(x bare: time / (bare time x passes); --rc-average runs the model twice)")
+    stages(model, wins, batches[0], a.repeats, tmp)
 
     mem_fa = ECOLI if ECOLI.exists() else GENOME
     print(f"\n# peak memory (max RSS of a fresh process), {mem_fa.name}")
