@@ -11,15 +11,19 @@ LLR is read at the centre of the REF forward and its DLL is the ALT - REF window
 naive method is timed on a random subsample of variants and extrapolated linearly to the whole
 set (it is too slow to run on all: the table says how many were timed). Ours: LLR over the
 whole set (one streaming pass per strand); DLL (with LLR) timed on a subsample and
-extrapolated as pass time + per-variant re-run time x N. Ours scores both strands; the naive
-method one. Every timing is the minimum of `--repeats` runs (the machine is shared and noisy).
+extrapolated as pass time + per-variant re-run time x N (+ the pass's extra calls at the
+state snapshots, counted exactly for the whole set). "+EMB" adds the embedding distance to the
+same run (it rides on the DLL re-runs). Ours scores both strands; the naive method one.
+Every timing is the minimum of `--repeats` runs (the machine is shared and noisy).
+
+Metrics: `score` + `evaluate_labelled` on the labelled sets for markov:6 and, with --model, a
+network model (its rows add EMB_COS / EMB_L2: AUROC ranks larger distances as damaging).
 """
 
 from __future__ import annotations
 
 import argparse  # noqa: E402
 import os
-import platform  # noqa: E402
 import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -27,8 +31,14 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import best_of  # noqa: E402 (bench/_common.py)
-from mamba_dna.pipelines.score import ScoreConfig, evaluate_labelled, run, score_contig  # noqa: E402
+from _common import best_of, cpu_model  # noqa: E402 (bench/_common.py)
+from mamba_dna.pipelines.score import (  # noqa: E402
+    ScoreConfig,
+    _snapshot_positions,
+    evaluate_labelled,
+    run,
+    score_contig,
+)
 
 from mamba_dna.genome import Genome  # noqa: E402
 from mamba_dna.io.vcf import VcfReader  # noqa: E402
@@ -79,6 +89,12 @@ def naive(model, x, starts, refs, alts, window):
     return out
 
 
+def _snapshot_cuts(x, starts, idx):
+    """Pass calls added by the state snapshots of variants `idx` (both strands), exactly."""
+    q = starts[idx]
+    return len(np.unique(_snapshot_positions(q, 128))) + len(np.unique(_snapshot_positions(x.size - q - 1, 128)))
+
+
 def _one_set(model, name, ctx, args, rng):
     """Timings of one variant set -> table rows."""
     x, starts, refs, alts = load_set(name)
@@ -88,40 +104,44 @@ def _one_set(model, name, ctx, args, rng):
     sub_d = rng.choice(n, k_dll, replace=False)
     kw = dict(window=args.window, context=ctx, batch_size=args.batch_size)
 
-    def ours(idx, want_dll, stats=None):
+    def ours(idx, want_dll, stats=None, want_emb=False):
         return score_contig(model, x, starts[idx], [refs[i] for i in idx], [alts[i] for i in idx],
-                            want_dll=want_dll, stats=stats, **kw)
+                            want_dll=want_dll, want_emb=want_emb, stats=stats, **kw)
 
     def peers():
         return naive(model, x, starts[sub_n], [refs[i] for i in sub_n], [alts[i] for i in sub_n], args.window)
 
     everything = np.arange(n)
     t_llr = best_of(lambda: ours(everything, False), args.repeats)
-    # DLL on a subsample; the full-set time is extrapolated from its parts:
-    #   LLR pass over the whole set (measured above)
-    # + extra pass calls: the pass is cut at every block holding a variant (state snapshots);
-    #   per-cut cost from the subsample, times the number of such blocks in the full set
-    # + ALT re-runs: per-variant cost from the subsample, times N
-    runs = []
-    for _ in range(args.repeats):
-        st: dict = {}
-        t = time.perf_counter()
-        ours(sub_d, True, st)
-        runs.append((time.perf_counter() - t, st))
-    t_sub, st = min(runs, key=lambda r: r[0])
     t_pass_sub = best_of(lambda: ours(sub_d, False), args.repeats)
-    blocks_sub = 2 * len({(p // 128) for p in starts[sub_d]})  # both strands (approximately)
-    blocks_all = 2 * len({(p // 128) for p in starts})
-    per_cut = max(st["pass_s"] - t_pass_sub, 0.0) / max(blocks_sub, 1)
-    per_var = st["rerun_s"] / k_dll
-    t_dll = t_llr + per_cut * blocks_all + per_var * n
-    print(f"[{name}] DLL subsample of {k_dll}: {t_sub:.1f}s = pass {st['pass_s']:.1f}s "
-          f"({st['pass_calls']} calls) + re-runs {st['rerun_s']:.1f}s ({st['rerun_calls']} calls, "
-          f"{st['rerun_tokens']:,} tokens); LLR-only pass of the subsample {t_pass_sub:.1f}s; "
-          f"per cut {per_cut:.3f}s, per variant {per_var:.3f}s", file=sys.stderr)
+    cuts_sub, cuts_all = _snapshot_cuts(x, starts, sub_d), _snapshot_cuts(x, starts, everything)
+
+    def extrapolated(want_emb):
+        """DLL (+EMB) on the subsample; the full-set time from its parts:
+        LLR pass over the whole set (measured) + the pass's extra calls at the snapshots
+        (per-cut cost from the subsample x the full set's count) + ALT re-runs (per variant x N)."""
+        runs = []
+        for _ in range(args.repeats):
+            st: dict = {}
+            t = time.perf_counter()
+            ours(sub_d, True, st, want_emb)
+            runs.append((time.perf_counter() - t, st))
+        t_sub, st = min(runs, key=lambda r: r[0])
+        per_cut = max(st["pass_s"] - t_pass_sub, 0.0) / max(cuts_sub, 1)
+        per_var = st["rerun_s"] / k_dll
+        what = "DLL+EMB" if want_emb else "DLL"
+        print(f"[{name}] {what} subsample of {k_dll}: {t_sub:.1f}s = pass {st['pass_s']:.1f}s "
+              f"({st['pass_calls']} calls) + re-runs {st['rerun_s']:.1f}s ({st['rerun_calls']} calls, "
+              f"{st['rerun_tokens']:,} tokens); LLR-only pass of the subsample {t_pass_sub:.1f}s; "
+              f"per cut {per_cut:.3f}s ({cuts_all} cuts in the full set), per variant {per_var:.3f}s",
+              file=sys.stderr)
+        return t_llr + per_cut * cuts_all + per_var * n
+
+    t_dll = extrapolated(False)
+    t_emb = extrapolated(True) if args.emb else None
     t_naive = best_of(peers, args.repeats) / k_naive * n
     ctx_s = "whole contig" if ctx is None else f"{ctx:,} bp"
-    return [
+    rows = [
         (name, n, x.size, "naive (2 windows/variant, 1 strand)", f"{k_naive} timed, extrapolated",
          t_naive, n / t_naive, None, None),
         (name, n, x.size, f"ours LLR (2 strands, context {ctx_s})", "all measured",
@@ -129,6 +149,10 @@ def _one_set(model, name, ctx, args, rng):
         (name, n, x.size, f"ours LLR+DLL (2 strands, context {ctx_s})",
          f"DLL {k_dll} timed, extrapolated", t_dll, n / t_dll, None, t_naive / t_dll),
     ]
+    if t_emb is not None:
+        rows.append((name, n, x.size, f"ours LLR+DLL+EMB (2 strands, context {ctx_s})",
+                     f"DLL+EMB {k_dll} timed, extrapolated", t_emb, n / t_emb, None, t_naive / t_emb))
+    return rows
 
 
 def _x(v):
@@ -141,10 +165,12 @@ def speed(args):
     rng = np.random.default_rng(0)
     rows = []
     for name, ctx in (("sarscov2", None), ("brca1", args.brca1_context)):
-        rows += _one_set(model, name, ctx, args, rng)
-    print(f"\n## Variant scoring speed: {platform.processor() or platform.machine()}, "
+        if name in args.speed_sets.split(","):
+            rows += _one_set(model, name, ctx, args, rng)
+    print(f"\n## Variant scoring speed: {cpu_model()}, {os.cpu_count()} CPUs (shared, loaded), "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"MambaLM 2 layers d_model 128 (random init), window {args.window}, min of {args.repeats} runs\n")
+          f"MambaLM 2 layers d_model 128 (random init), window {args.window}, min of {args.repeats} runs, "
+          f"load average at the end {os.getloadavg()[0]:.1f}\n")
     print("| set | variants | contig bp | method | measured | time (s) | variants/s | LLR speed-up | DLL speed-up |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, n, L, meth, how, t, vps, su_l, su_d in rows:
@@ -158,23 +184,26 @@ def metrics(args):
         ("mtdna", "Y", "auroc", "pathogenic vs common"),
         ("sarscov2", "FITNESS", "spearman", "Spearman vs fitness"),
     ]
-    models = [("markov:6", "markov-6 (fit on the reference)")]
+    specs = [sp for sp in specs if sp[0] in args.sets.split(",")]
+    models = [("markov:6", "markov-6 (fit on the reference)", ("llr", "dll"))]
     if args.model:
-        models.append((args.model, f"model {args.model}"))
+        models.append((args.model, f"model {args.model}", ("llr", "dll", "emb")))
     with tempfile.TemporaryDirectory() as td:
-        for spec, label_m in models:
+        for spec, label_m, scores in models:
             for name, label, metric, what in specs:
                 vcf, fa = SETS[name]
                 dst = str(Path(td) / f"{name}.tsv")
                 t = time.perf_counter()
                 ctx = args.brca1_context if name == "brca1" else None
                 run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=spec, out=dst, window=args.window,
-                                context=ctx))
+                                context=ctx, scores=scores, emb_layer=args.emb_layer))
                 dt = time.perf_counter() - t
-                for col in ("llr", "dll"):
+                cols = ("llr", "dll") + (("emb_cos", "emb_l2") if "emb" in scores else ())
+                for col in cols:
                     r = evaluate_labelled(dst, str(vcf), label, metric, score=col)
                     out.append((label_m, name, what, col, r["n"], r["value"], dt))
-    print("\n## Zero-shot metrics on labelled variants (AUROC of -score; Spearman of score)\n")
+    print("\n## Zero-shot metrics on labelled variants (AUROC of -score, of +score for the emb "
+          "distances; Spearman of score)\n")
     print("| scorer | set | task | score | n | value | run time (s) |")
     print("|---|---|---|---|---|---|---|")
     for m, name, what, col, n, v, dt in out:
@@ -191,6 +220,11 @@ def main():
     ap.add_argument("--brca1-context", type=int, default=65536)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny subsamples, 1 repeat")
+    ap.add_argument("--emb", action=argparse.BooleanOptionalAction, default=True,
+                    help="time the LLR+DLL+EMB row too")
+    ap.add_argument("--emb-layer", default=None, help="EMB layer for --model (default: final norm)")
+    ap.add_argument("--sets", default="brca1,mtdna,sarscov2", help="labelled sets for the metrics")
+    ap.add_argument("--speed-sets", default="sarscov2,brca1", help="sets for the speed table")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-metrics", action="store_true")
     args = ap.parse_args()

@@ -420,11 +420,12 @@ def _strand_run(scorer, x, jobs, q, m, wd, is_snv, llr, dll, dll_norm, edge, tap
     tail = np.minimum(wd, ctx) if ctx is not None else wd  # (n,) downstream bases re-run
     ev = np.unique(np.concatenate([q, q + m + wd, q + m + tail])) if want_dll else np.zeros(0, np.int64)
     ev_val = np.zeros(ev.size, dtype=np.float64)
-    # snapshots: the state after x[:b] for block starts b with DLL jobs
-    bstart = (q // block) * block  # (n,)
+    # snapshots: the state after x[:b] at each variant cluster's first position b; an ALT
+    # re-runs x[b:q] + ALT + downstream from it (prefix < block bases)
+    bstart = _snapshot_positions(q, block)  # (n,)
     need_b = np.unique(bstart[bstart > origin]) if want_dll else np.zeros(0, np.int64)
     jobs_at_b: dict[int, list[int]] = {}
-    for i in np.argsort(bstart, kind="stable"):
+    for i in np.lexsort((q, bstart)):  # by snapshot, then position: similar lengths share a batch
         jobs_at_b.setdefault(int(bstart[i]), []).append(int(i))
     pending: list[tuple[int, object]] = []  # (job index, state) ready to re-run
 
@@ -499,6 +500,23 @@ def _strand_run(scorer, x, jobs, q, m, wd, is_snv, llr, dll, dll_norm, edge, tap
     if emb is not None:
         return StrandResult(llr, dll, dll_norm, edge, emb.cos, emb.l2)
     return StrandResult(llr, dll, dll_norm, edge, np.full(n, np.nan), np.full(n, np.nan))
+
+
+def _snapshot_positions(q: np.ndarray, block: int) -> np.ndarray:
+    """Per variant, the pass position b <= q whose state its ALT re-run starts from.
+
+    Greedy over the sorted variant positions: a snapshot at the first variant of a cluster,
+    the next at the first variant >= `block` bases further on. Every re-run prefix x[b:q] is
+    < block bases, a lone variant has none, and a dense run of variants costs one pass cut
+    per `block` bases (the cuts are the pass's only extra calls).
+    """
+    uq = np.unique(q)  # (u,) sorted
+    snaps = []
+    for p in uq.tolist():
+        if not snaps or p - snaps[-1] >= block:
+            snaps.append(p)
+    sn = np.asarray(snaps, dtype=np.int64)
+    return sn[np.searchsorted(sn, q, side="right") - 1] if q.size else np.zeros(0, np.int64)
 
 
 def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev, tap=None, emb=None) -> int:
