@@ -14,7 +14,8 @@ whole set (one streaming pass per strand); DLL (with LLR) timed on a subsample a
 extrapolated as pass time + per-variant re-run time x N (+ the pass's extra calls at the
 state snapshots, counted exactly for the whole set). "+EMB" adds the embedding distance to the
 same run (it rides on the DLL re-runs). Ours scores both strands; the naive method one.
-Every timing is the minimum of `--repeats` runs (the machine is shared and noisy).
+Every timing is the minimum of `--repeats` rounds; a round times every method once, back to
+back, so that the load of a shared machine hits them alike.
 
 Metrics: `score` + `evaluate_labelled` on the labelled sets for markov:6 and, with --model, a
 network model (its rows add EMB_COS / EMB_L2: AUROC ranks larger distances as damaging).
@@ -112,34 +113,41 @@ def _one_set(model, name, ctx, args, rng):
         return naive(model, x, starts[sub_n], [refs[i] for i in sub_n], [alts[i] for i in sub_n], args.window)
 
     everything = np.arange(n)
-    t_llr = best_of(lambda: ours(everything, False), args.repeats)
-    t_pass_sub = best_of(lambda: ours(sub_d, False), args.repeats)
     cuts_sub, cuts_all = _snapshot_cuts(x, starts, sub_d), _snapshot_cuts(x, starts, everything)
+    # the machine is shared: every round times each method once, back to back, so load
+    # changes hit them alike; each figure is the minimum over the rounds
+    timed = {"naive": [], "llr": [], "pass_sub": [], "dll": [], "emb": []}
+    for _ in range(args.repeats):
+        timed["naive"].append((best_of(peers, 1), None))
+        timed["llr"].append((best_of(lambda: ours(everything, False), 1), None))
+        timed["pass_sub"].append((best_of(lambda: ours(sub_d, False), 1), None))
+        for key, emb in (("dll", False), ("emb", True)):
+            if emb and not args.emb:
+                continue
+            st: dict = {}
+            t = time.perf_counter()
+            ours(sub_d, True, st, emb)
+            timed[key].append((time.perf_counter() - t, st))
+    t_llr = min(t for t, _ in timed["llr"])
+    t_pass_sub = min(t for t, _ in timed["pass_sub"])
 
-    def extrapolated(want_emb):
+    def extrapolated(key):
         """DLL (+EMB) on the subsample; the full-set time from its parts:
         LLR pass over the whole set (measured) + the pass's extra calls at the snapshots
         (per-cut cost from the subsample x the full set's count) + ALT re-runs (per variant x N)."""
-        runs = []
-        for _ in range(args.repeats):
-            st: dict = {}
-            t = time.perf_counter()
-            ours(sub_d, True, st, want_emb)
-            runs.append((time.perf_counter() - t, st))
-        t_sub, st = min(runs, key=lambda r: r[0])
+        t_sub, st = min(timed[key], key=lambda r: r[0])
         per_cut = max(st["pass_s"] - t_pass_sub, 0.0) / max(cuts_sub, 1)
         per_var = st["rerun_s"] / k_dll
-        what = "DLL+EMB" if want_emb else "DLL"
-        print(f"[{name}] {what} subsample of {k_dll}: {t_sub:.1f}s = pass {st['pass_s']:.1f}s "
+        print(f"[{name}] {key.upper()} subsample of {k_dll}: {t_sub:.1f}s = pass {st['pass_s']:.1f}s "
               f"({st['pass_calls']} calls) + re-runs {st['rerun_s']:.1f}s ({st['rerun_calls']} calls, "
               f"{st['rerun_tokens']:,} tokens); LLR-only pass of the subsample {t_pass_sub:.1f}s; "
               f"per cut {per_cut:.3f}s ({cuts_all} cuts in the full set), per variant {per_var:.3f}s",
               file=sys.stderr)
         return t_llr + per_cut * cuts_all + per_var * n
 
-    t_dll = extrapolated(False)
-    t_emb = extrapolated(True) if args.emb else None
-    t_naive = best_of(peers, args.repeats) / k_naive * n
+    t_dll = extrapolated("dll")
+    t_emb = extrapolated("emb") if args.emb else None
+    t_naive = min(t for t, _ in timed["naive"]) / k_naive * n
     ctx_s = "whole contig" if ctx is None else f"{ctx:,} bp"
     rows = [
         (name, n, x.size, "naive (2 windows/variant, 1 strand)", f"{k_naive} timed, extrapolated",
@@ -216,7 +224,7 @@ def main():
     ap.add_argument("--window", type=int, default=2000)
     ap.add_argument("--naive-n", type=int, default=20, help="variants timed for the naive method")
     ap.add_argument("--dll-n", type=int, default=64, help="variants timed for our DLL")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="ALT re-runs per call (default: score's auto)")
     ap.add_argument("--brca1-context", type=int, default=65536)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny subsamples, 1 repeat")

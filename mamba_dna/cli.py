@@ -316,7 +316,7 @@ def score(
     shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's records."),
     tsv_info: str = typer.Option("", "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
     context: int = typer.Option(None, "--context", help="Upstream bp streamed before a contig's first variant (default: whole contig)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="ALT re-runs per model call."),
+    batch_size: int = typer.Option(None, "--batch-size", help="ALT re-runs per model call (default: ~2M activations per call; 7 for a 2x128 model, 2 kb window)."),
     block: int = typer.Option(128, "--block", help="State snapshot spacing in bp (DLL re-run prefix)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:

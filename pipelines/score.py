@@ -42,9 +42,13 @@ EMB  Network models only (`--scores llr,dll,emb`; a markov:K scorer has no embed
 How it is fast: the recurrence is reused. The reference pass streams the contig in chunks
 with carried state (memory does not grow with the contig), gathers the LLR rows and the
 running sum of reference log-probabilities (which give each variant's REF term), and
-snapshots the state at `block`-aligned positions that have variants. Each ALT then re-runs
-only `x[block start:pos] + ALT + W downstream bases` from that snapshot, batched. The naive
-method (`naive_scores`, used by the tests and the benchmark) runs whole sequences per variant.
+snapshots the state at the first variant of each cluster of variants (a new snapshot every
+`block` bases along a dense run: the pass is cut there, one extra call each). Each ALT then
+re-runs only `x[snapshot:pos] + ALT + W downstream bases` from its snapshot (prefix < block,
+none for a lone variant), batched and ordered by position so a batch pads little. The
+re-run's tokens are the floor of an exact method: the ALT side of W bases per strand, against
+the naive method's REF and ALT windows of 2W + 1 bases. The naive method (`naive_scores`,
+used by the tests and the benchmark) runs whole sequences per variant.
 
 Variants whose context is cut by a contig end (no upstream base on one strand, or fewer than
 W bases downstream) are scored with what exists and get status `edge`.
@@ -120,8 +124,8 @@ class ScoreConfig:
     chrom_alias: str | None = None
     region: str | None = None  # chrom:start-end, 1-based inclusive
     shard: str | None = None  # "i/n", 0-based i
-    batch_size: int = 32  # ALT re-runs per model call
-    chunk: int = 65536  # tokens per call in the reference pass
+    batch_size: int | None = None  # ALT re-runs per model call (None: auto, see call_tokens)
+    chunk: int | None = None  # tokens per call in the reference pass (None: auto, see call_tokens)
     block: int = 128  # state snapshot granularity (re-run prefix <= block - 1 bases)
     context: int | None = None  # upstream bases streamed before a contig's first variant (None: all)
     device: str = "auto"
@@ -145,7 +149,8 @@ class ScoreConfig:
             raise ConfigError(f"--window {self.window}: expected >= 2 bases")
         if self.context is not None and self.context < 1:
             raise ConfigError(f"--context {self.context}: expected a positive number of bases")
-        if self.batch_size < 1 or self.chunk < 1 or self.block < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or (self.chunk is not None and self.chunk < 1) \
+                or self.block < 1:
             raise ConfigError("--batch-size, --chunk and --block must be positive")
 
 
@@ -192,6 +197,23 @@ def load_scorer(spec: str, genome=None, device: str = "auto"):
     model = MambaLM.from_pretrained(p, map_location=dev).eval()
     log.info(f"scorer {model.name}: {p} on {dev}")
     return model
+
+
+def call_tokens(scorer) -> int:
+    """Tokens per model call (batch x length) that keep a call's activations cache-sized.
+
+    A call's large tensors are (batch, d_inner, L): at ~2M elements (8 MB fp32) each, a
+    2x128 model runs at ~11 us/token on this project's 2-core CPU, at 8x that (a 65,536-base
+    pass chunk or 32 re-runs of 1 kb) at ~16 us/token (bench: min of 4 interleaved rounds).
+    The Markov scorer has no such tensors: 65,536. On a GPU, 8x larger calls (16M elements;
+    more parallel work per launch; not measured here: tune with --batch-size).
+    """
+    cfg = getattr(scorer, "config", None)
+    d_inner = getattr(cfg, "d_inner", None)
+    if not d_inner:
+        return 1 << 16
+    elements = (1 << 21) if _device_of(scorer).type == "cpu" else (1 << 24)
+    return max(1024, elements // int(d_inner))
 
 
 def _device_of(scorer) -> torch.device:
@@ -363,7 +385,8 @@ def _distances(r: torch.Tensor, a: torch.Tensor) -> tuple[float, float]:
 
 @torch.inference_mode()
 def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, want_dll=True,
-                  want_emb=False, emb_layer: int | None = None, down: int = 1000, block: int = 128, chunk: int = 65536, batch_size: int = 32,
+                  want_emb=False, emb_layer: int | None = None, down: int = 1000, block: int = 128, chunk: int | None = None,
+                  batch_size: int | None = None,
                   context: int | None = None, stats: dict | None = None) -> StrandResult:
     """Scores of `jobs` on one strand `x` (uint8 ids (L,)) with one streaming pass + ALT re-runs.
 
@@ -372,6 +395,8 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
     upstream context and the bases before are not read. `stats` (a dict) accumulates
     pass_s / pass_calls / rerun_s / rerun_calls / rerun_tokens. want_emb (network models
     only) adds EMB at `emb_layer` from the same pass and re-runs; it implies the DLL re-runs.
+    chunk / batch_size None: sized by `call_tokens` (pass calls of that many tokens; re-run
+    batches of about that many tokens in all).
     """
     stats = {} if stats is None else stats
     for k in ("pass_s", "pass_calls", "rerun_s", "rerun_calls", "rerun_tokens"):
@@ -379,6 +404,9 @@ def strand_scores(scorer, x: np.ndarray, jobs: Sequence[Job], *, want_llr=True, 
     L = int(x.size)
     n = len(jobs)
     dev = _device_of(scorer)
+    budget = call_tokens(scorer)
+    chunk = chunk or budget
+    batch_size = batch_size or max(1, budget // (down + block))  # a re-run is <= prefix + allele + W
     q = np.array([j.q for j in jobs], dtype=np.int64)  # (n,)
     m = np.array([j.ref.size for j in jobs], dtype=np.int64)
     is_snv = np.array([j.ref.size == 1 and j.alt.size == 1 for j in jobs], dtype=bool)
@@ -563,7 +591,8 @@ def _rerun(scorer, x, jobs, take, bstart, wd, rows4, out_ll, out_n, dev, tap=Non
 
 def score_contig(scorer, x: np.ndarray, starts: Sequence[int], refs: Sequence[np.ndarray],
                  alts: Sequence[np.ndarray], *, want_llr=True, want_dll=True, want_emb=False,
-                 emb_layer: int | None = None, window=2000, block=128, chunk=65536, batch_size=32,
+                 emb_layer: int | None = None, window=2000, block=128, chunk: int | None = None,
+                 batch_size: int | None = None,
                  context: int | None = None, stats: dict | None = None) -> dict[str, np.ndarray]:
     """Both strands of one contig: {'llr','dll','dll_norm','emb_cos','emb_l2','edge'} per
     variant (input order); a score not asked for (or not defined, e.g. LLR of an indel) is NaN."""

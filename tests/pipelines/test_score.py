@@ -94,6 +94,16 @@ def test_llr_only_pass_matches_with_and_without_dll():
     assert np.isnan(a["dll"]).all()
 
 
+def test_snapshot_positions_cover_clusters_with_short_prefixes():
+    from mamba_dna.pipelines.score import _snapshot_positions
+
+    q = np.array([500, 3, 3, 10, 40, 41, 1000, 44, 2, 499])
+    b = _snapshot_positions(q, 8)
+    assert (b <= q).all() and (q - b < 8).all()
+    assert b.tolist() == [499, 2, 2, 10, 40, 40, 1000, 40, 2, 499]  # lone variants: no prefix
+    assert len(np.unique(b)) == 5 and _snapshot_positions(np.zeros(0, np.int64), 8).size == 0
+
+
 # ----------------------------------------------------------------------------- the pipeline
 
 
