@@ -40,7 +40,6 @@ import platform
 import re
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -608,9 +607,9 @@ def stage_classify(cfg: DemoConfig, data: Path, model_dir: Path, out: Path) -> d
                           label_from_record=SEROTYPE_RE, window=p.classify_window,
                           split_by="record", per_class=p.per_class, bp_per_class=p.bp_per_class,
                           lengths=tuple(p.classify_lengths), max_length=max(p.classify_lengths),
-                          seed=cfg.seed, device=cfg.device)
-    with _kmer_ks(p.kmer_ks):
-        rep = run_train(ccfg)
+                          seed=cfg.seed, device=cfg.device,
+                          kmer_ks=tuple(p.kmer_ks) if p.kmer_ks else None)
+    rep = run_train(ccfg)
     res = rep["results"]
     table = rep.get("length_table") or []
     _plot_lengths(table, out / "accuracy_vs_length.png")
@@ -622,22 +621,6 @@ def stage_classify(cfg: DemoConfig, data: Path, model_dir: Path, out: Path) -> d
             "plots": {"confusion_model": str(out / "confusion_model.png"),
                       "confusion_kmer": str(out / "confusion_kmer.png"),
                       "accuracy_vs_length": str(out / "accuracy_vs_length.png")}}
-
-
-@contextmanager
-def _kmer_ks(ks: list[int] | None):
-    """Work-around: `classify` searches the k-mer baseline's k over its module constant
-    KMER_KS (3..6) with no option; at k = 6 (4,096 features) its cross-validated fit costs
-    ~15 CPU-s, which would be most of the quick mode. The quick mode searches `ks` only."""
-    from mamba_dna.pipelines import classify as C
-
-    old = C.KMER_KS
-    if ks:
-        C.KMER_KS = tuple(ks)
-    try:
-        yield
-    finally:
-        C.KMER_KS = old
 
 
 def _plot_lengths(table: list[dict], path: Path) -> None:
