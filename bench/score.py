@@ -14,6 +14,10 @@ whole set (one streaming pass per strand); DLL (with LLR) timed on a subsample a
 extrapolated as pass time + per-variant re-run time x N (+ the pass's extra calls at the
 state snapshots, counted exactly for the whole set). "+EMB" adds the embedding distance to the
 same run (it rides on the DLL re-runs). Ours scores both strands; the naive method one.
+Tokens per variant: naive 2 x (window + 1) on one strand; ours, DLL, (window // 2 + 1 +
+prefix) per strand on two strands, so with the same cost per token (batch-1 forwards of 2 kb
+are no longer overhead-bound since the fused CPU conv/norm kernels) an exact DLL is at most
+~1.9x the naive method; LLR needs no re-runs at all.
 Every timing is the minimum of `--repeats` rounds; a round times every method once, back to
 back, so that the load of a shared machine hits them alike.
 
