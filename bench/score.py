@@ -15,9 +15,10 @@ extrapolated as pass time + per-variant re-run time x N (+ the pass's extra call
 state snapshots, counted exactly for the whole set). "+EMB" adds the embedding distance to the
 same run (it rides on the DLL re-runs). Ours scores both strands; the naive method one.
 Tokens per variant: naive 2 x (window + 1) on one strand; ours, DLL, (window // 2 + 1 +
-prefix) per strand on two strands, so with the same cost per token (batch-1 forwards of 2 kb
-are no longer overhead-bound since the fused CPU conv/norm kernels) an exact DLL is at most
-~1.9x the naive method; LLR needs no re-runs at all.
+prefix) per strand on two strands. On a quiet machine a batch-1 forward of 2 kb costs about
+what our batched re-runs cost per token (11 vs 12 us/token, 2x128 model), so an exact DLL is
+at most ~1.9x the naive method there; on a loaded machine the naive method's many small
+batch-1 calls suffer more (4.5x-13x seen), hence the round-robin below. LLR needs no re-runs.
 Every timing is the minimum of `--repeats` rounds; a round times every method once, back to
 back, so that the load of a shared machine hits them alike.
 
