@@ -266,6 +266,31 @@ def test_gradient_checkpointing_same_gradients():
     assert grads[0]["backbone.layers.0.mixer.A_log"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_cpu_tiling_equals_one_pass(monkeypatch, ckpt):
+    """A long CPU input runs in tiles with the state carried: same logits, state and grads."""
+    import mamba_dna.model as M
+
+    ids = dna(2, 2600)
+    monkeypatch.setattr(M, "CPU_TILE_ACTIVATIONS", 1)  # the 1024-token minimum tile
+    assert M._cpu_tile_tokens(2, 48, 2600, torch.device("cpu")) == 1024
+    assert M._cpu_tile_tokens(2, 48, 1000, torch.device("cpu")) == 0  # fits in one tile
+    out = []
+    for tiled in (False, True):
+        monkeypatch.setenv("MAMBA_DNA_CPU_TILE", "" if tiled else "0")
+        model = tiny(seed=3, gradient_checkpointing=ckpt).train()
+        logits, st = model(ids)
+        logits.logsumexp(-1).mean().backward()
+        out.append((logits.detach(), st, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l0, s0, g0), (l1, s1, g1) = out
+    torch.testing.assert_close(l1, l0, **TOL)
+    assert s1.offset == s0.offset == 2600
+    for a, b in zip(s1.ssm + s1.conv, s0.ssm + s0.conv, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
 def test_gradient_flows_through_carried_state():
     """Truncated BPTT across pieces: a loss on piece 2 reaches piece 1's state if not detached."""
     model = tiny().train()
