@@ -10,8 +10,8 @@ All HDF5 calls of a run happen on one writer thread fed through a queue bounded 
 compression and disk writes of piece k overlap the model's work on piece k+1 (h5py releases
 the GIL inside HDF5; on a GPU node the whole write hides behind the forward pass). An error
 on the writer thread stops the run with that error; the `done` flags written before it are
-exact, so `--resume` continues from there. Per-position datasets are compressed with
-shuffle+LZF by default (`--compression gzip|none`: see `mamba_dna.io.hdf5`).
+exact, so `--resume` continues from there. Per-position datasets are stored uncompressed by
+default (embeddings compress by 7-14%; `--compression lzf|gzip`: see `mamba_dna.io.hdf5`).
 
 Sharding: batches (not items) are dealt out round-robin to `--shard i/n`, and a batch's
 composition never depends on the shard, so `embed merge` of the shards holds exactly the

@@ -18,9 +18,9 @@ Schema (format "mamba-dna-embeddings", format_version 1)::
                            residual stream after k blocks (MambaLM.hidden's `layer`)
         rc_average         1 if forward and reverse-complement passes were averaged
         dtype              "float32" | "float16" (pooled and per-position datasets)
-        compression        filter of the per-position datasets: "lzf" (shuffle + LZF, the
-                           default), "gzip" (shuffle + gzip level 1) or "none"; files written
-                           before this attribute existed used "gzip"
+        compression        filter of the per-position datasets: "none" (the default),
+                           "lzf" (shuffle + LZF) or "gzip" (shuffle + gzip level 1); files
+                           written before this attribute existed used "gzip"
         per_position       1 if /per_position holds one dataset per item
         d_model            embedding width d
         coordinates        "0-based half-open; strand '+' or '-'"
@@ -43,13 +43,13 @@ Schema (format "mamba-dna-embeddings", format_version 1)::
                            4,096 rows, never more than the streamed piece), compressed as the
                            root attribute `compression` says; attribute `id`.
 
-Compression. Embeddings are float noise to a compressor: on a (65,536 x 128) float32 export
-shuffle+gzip-1 saved 14% of the bytes at 0.71 s of CPU, shuffle+LZF 7% at 0.34 s, none 0 s,
-against a 3.2 s forward pass (bench/embed.py). So the default is "lzf": h5py reads it on every
-platform (the filter ships inside h5py), but HDF5 readers outside Python (R rhdf5, MATLAB,
-HDFView, h5dump) need the LZF plugin (R: rhdf5filters); write "gzip" for those, or "none"
-for the fastest export. All three are read the same way with h5py. --dtype float16 halves
-the bytes whatever the filter.
+Compression. Embeddings are float noise to a compressor: on a batch of 4 x 16,384 positions x
+128 float32 (34 MB) shuffle+gzip-1 saved 14% of the bytes for 0.71 s of CPU and shuffle+LZF 7%
+for 0.33 s, against a 0.81 s forward pass of that batch (bench/embed.py, quiet 2-core box;
+the export as a whole: none 1.10x the bare forward, lzf 1.38x, gzip 1.82x). So the default is
+"none": the fastest, and every HDF5 reader opens it. "gzip" (any reader) or "lzf" (h5py
+everywhere; R rhdf5, MATLAB, HDFView and h5dump need the LZF plugin) trade CPU for a few
+percent of disk. `--dtype float16` halves the bytes whatever the filter.
 
 Rows of /items, /pooled and the per-position names all use the same order. Items are
 fixed when the file is created; rows are filled in as items finish, and `done` marks
@@ -91,7 +91,7 @@ COMPRESSIONS = {
     "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
     "none": {},
 }
-DEFAULT_COMPRESSION = "lzf"
+DEFAULT_COMPRESSION = "none"
 LEGACY_COMPRESSION = "gzip"  # what a file without the attribute used
 CHUNK_ROWS = 4096
 # chunks held in each per-position dataset's cache: a chunk that one piece fills only in part
