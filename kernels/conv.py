@@ -94,6 +94,19 @@ def _pre(w, bias_d, buf, m, K, pre):
             pre[i] += wk * buf[i + k]
 
 
+@njit(inline="always", fastmath=_FASTMATH)
+def _chunk_pre(x, init, has_init, wd, bias_d, b, d, t0, n, K, silu, buf, pre, sig, bits):
+    """pre[:n] = the conv at positions t0 .. t0+n-1 and, when `silu`, sig[:n] = sigmoid(pre)."""
+    _load(x, init, has_init, b, d, t0, n + K - 1, K, buf)
+    _pre(wd, bias_d, buf, n, K, pre)
+    if silu:
+        for i in range(n):
+            sig[i] = -pre[i]
+        _vexp(sig, sig, bits, n)
+        for i in range(n):
+            sig[i] = _ONE / (_ONE + sig[i])
+
+
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _conv_fwd_kernel(x, w, bias, init, out, has_init, silu, chunk, n_parts):  # pragma: no cover
     """x, out (batch, dim, L); w (dim, K); bias (dim,); init (batch, dim, K-1)."""
@@ -113,14 +126,10 @@ def _conv_fwd_kernel(x, w, bias, init, out, has_init, silu, chunk, n_parts):  # 
             wd = w[d]  # (K,)
             for t0 in range(0, L, chunk):
                 m = min(chunk, L - t0)
-                _load(x, init, has_init, b, d, t0, m + K - 1, K, buf)
-                _pre(wd, bias[d], buf, m, K, pre)
+                _chunk_pre(x, init, has_init, wd, bias[d], b, d, t0, m, K, silu, buf, pre, e, bits)
                 if silu:
                     for i in range(m):
-                        e[i] = -pre[i]
-                    _vexp(e, e, bits, m)
-                    for i in range(m):
-                        out[b, d, t0 + i] = pre[i] / (_ONE + e[i])
+                        out[b, d, t0 + i] = pre[i] * e[i]
                 else:
                     for i in range(m):
                         out[b, d, t0 + i] = pre[i]
@@ -150,14 +159,10 @@ def _conv_bwd_kernel(x, w, bias, init, gout, gx, gw64, gb64, ginit,
             for t0 in range(0, L, chunk):
                 m = min(chunk, L - t0)
                 m2 = min(chunk + K - 1, L - t0)  # positions whose pre needs recomputing
-                _load(x, init, has_init, b, d, t0, m2 + K - 1, K, buf)
-                _pre(wd, bias[d], buf, m2, K, pre)
+                _chunk_pre(x, init, has_init, wd, bias[d], b, d, t0, m2, K, silu, buf, pre, e, bits)
                 if silu:
                     for i in range(m2):
-                        e[i] = -pre[i]
-                    _vexp(e, e, bits, m2)
-                    for i in range(m2):
-                        s = _ONE / (_ONE + e[i])
+                        s = e[i]  # sigmoid(pre)
                         gp[i] = gout[b, d, t0 + i] * s * (_ONE + pre[i] * (_ONE - s))
                 else:
                     for i in range(m2):
