@@ -30,6 +30,14 @@ app = typer.Typer(
 )
 
 
+def _command_group(name: str, help_text: str) -> typer.Typer:
+    """A sub-command group (`mamba-dna NAME ...`) registered on the app."""
+    group = typer.Typer(help=help_text, no_args_is_help=True,
+                        context_settings={"help_option_names": ["-h", "--help"]})
+    app.add_typer(group, name=name)
+    return group
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mamba-dna {__version__}")
@@ -152,11 +160,7 @@ def convert(
     typer.echo(out)
 
 
-embed_app = typer.Typer(
-    help="Embeddings of windows or BED regions into HDF5 (`embed merge` joins shards).",
-    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(embed_app, name="embed")
+embed_app = _command_group("embed", "Embeddings of windows or BED regions into HDF5 (`embed merge` joins shards).")
 
 
 @embed_app.callback(invoke_without_command=True)
@@ -293,11 +297,7 @@ def pretrain(
     run_cli(cfg, resume=resume, stop_at=stop_at)
 
 
-score_app = typer.Typer(
-    help="Zero-shot variant effect scores (LLR, DLL, embedding distance) for a VCF (`score merge` joins shards).",
-    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(score_app, name="score")
+score_app = _command_group("score", "Zero-shot variant effect scores (LLR, DLL, embedding distance) for a VCF (`score merge` joins shards).")
 
 
 @score_app.callback(invoke_without_command=True)
@@ -399,11 +399,7 @@ def score_eval(
     typer.echo("\t".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
 
 
-classify_app = typer.Typer(
-    help="Species (or any label) from genome windows: model embeddings beside a k-mer baseline.",
-    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(classify_app, name="classify")
+classify_app = _command_group("classify", "Species (or any label) from genome windows: model embeddings beside a k-mer baseline.")
 
 
 def _int_list(text: str | None, opt: str) -> tuple[int, ...] | None:
