@@ -101,7 +101,7 @@ def causal_conv1d_fn(x, weight, bias=None, initial_state=None, activation="silu"
     from mamba_dna.kernels.conv import causal_conv1d_cpu, causal_conv1d_ref
 
     backend, _ = choose_backend(x.device.type)
-    fn = causal_conv1d_cpu if (backend == "cpu" and x.device.type == "cpu") else causal_conv1d_ref
+    fn = causal_conv1d_cpu if backend == "cpu" else causal_conv1d_ref  # non-CPU tensors: ref
     return fn(x, weight, bias, initial_state, activation)
 
 
@@ -112,7 +112,7 @@ def rms_norm_fn(x, weight, eps=1e-5):
     from mamba_dna.kernels.norm import rms_norm_cpu, rms_norm_ref
 
     backend, _ = choose_backend(x.device.type)
-    fn = rms_norm_cpu if (backend == "cpu" and x.device.type == "cpu") else rms_norm_ref
+    fn = rms_norm_cpu if backend == "cpu" else rms_norm_ref  # non-CPU tensors: ref
     return fn(x, weight, eps)
 
 

@@ -95,6 +95,7 @@ from mamba_dna.io.vcf import (
     parse_aliases,
     read_tsv,
 )
+from mamba_dna.model import CPU_TILE_ACTIVATIONS
 from mamba_dna.rankshard import parse_shard
 from mamba_dna.tokenizer import N, encode, reverse_complement
 
@@ -212,7 +213,8 @@ def call_tokens(scorer) -> int:
     d_inner = getattr(cfg, "d_inner", None)
     if not d_inner:
         return 1 << 16
-    elements = (1 << 21) if _device_of(scorer).type == "cpu" else (1 << 24)
+    # CPU: the model's own tile budget (it tiles longer inputs the same way)
+    elements = CPU_TILE_ACTIVATIONS if _device_of(scorer).type == "cpu" else (1 << 24)
     return max(1024, elements // int(d_inner))
 
 

@@ -295,14 +295,22 @@ def test_cli_one_line_error_and_eval(ref_vcf, tmp_path, capsys):
     assert e.value.code == 0 and (tmp_path / "c.tsv").is_file()
 
 
-def test_evaluate_labelled_metrics(tmp_path):
+def _labelled(tmp_path, info, columns, cells):
+    """A truth VCF (INFO `info(i)` on SNV i of 10) and a scored TSV (score `columns`, values
+    `cells(i)`) in tmp_path -> (scored path, truth path)."""
     truth = tmp_path / "t.vcf"
-    body = "".join(f"c\t{i + 1}\t.\tA\tC\t.\t.\tY={int(i < 5)};F={-i}\n" for i in range(10))
+    body = "".join(f"c\t{i + 1}\t.\tA\tC\t.\t.\t{info(i)}\n" for i in range(10))
     truth.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" + body)
     scored = tmp_path / "s.tsv"
-    lines = ["chrom\tpos\tid\tref\talt\tllr\tstatus"]
-    lines += [f"c\t{i + 1}\t.\tA\tC\t{-10 + i if i != 9 else '.'}\tok" for i in range(10)]
+    lines = ["\t".join(["chrom", "pos", "id", "ref", "alt", *columns, "status"])]
+    lines += [f"c\t{i + 1}\t.\tA\tC\t{cells(i)}\tok" for i in range(10)]
     scored.write_text("\n".join(lines) + "\n")
+    return scored, truth
+
+
+def test_evaluate_labelled_metrics(tmp_path):
+    scored, truth = _labelled(tmp_path, lambda i: f"Y={int(i < 5)};F={-i}", ["llr"],
+                              lambda i: -10 + i if i != 9 else ".")
     r = evaluate_labelled(str(scored), str(truth), "Y", "auroc")
     assert r["value"] == pytest.approx(1.0) and r["n"] == 9 and r["missing_score"] == 1
     r = evaluate_labelled(str(scored), str(truth), "F", "spearman", threshold=-4.5)
@@ -420,13 +428,8 @@ def test_emb_in_vcf_and_tsv_outputs_and_eval_direction(ref_vcf, tmp_path):
     assert header[5:8] == ["emb_cos", "emb_l2", "status"]
     assert [r["emb_l2"] for r in read_scored(str(tsv))] == [r["emb_l2"] for r in rows]
     # eval: a distance ranks larger values as damaging (predictor +score), LLR-like scores -score
-    truth = tmp_path / "t.vcf"
-    body = "".join(f"c\t{i + 1}\t.\tA\tC\t.\t.\tY={int(i >= 5)}\n" for i in range(10))
-    truth.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" + body)
-    scored = tmp_path / "s.tsv"
-    lines = ["chrom\tpos\tid\tref\talt\tllr\temb_cos\tstatus"]
-    lines += [f"c\t{i + 1}\t.\tA\tC\t{-i}\t{0.1 * i}\tok" for i in range(10)]
-    scored.write_text("\n".join(lines) + "\n")
+    scored, truth = _labelled(tmp_path, lambda i: f"Y={int(i >= 5)}", ["llr", "emb_cos"],
+                              lambda i: f"{-i}\t{0.1 * i}")
     for col, pred in (("llr", "-llr"), ("emb_cos", "+emb_cos")):
         r = evaluate_labelled(str(scored), str(truth), "Y", "auroc", score=col)
         assert r["value"] == pytest.approx(1.0) and r["predictor"] == pred
