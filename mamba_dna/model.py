@@ -71,7 +71,10 @@ def _cpu_tile_tokens(batch: int, d_inner: int, L: int, device: torch.device) -> 
     if device.type != "cpu":
         return 0
     env = os.environ.get("MAMBA_DNA_CPU_TILE", "").strip()
-    budget = int(env) if env.isdigit() else CPU_TILE_ACTIVATIONS
+    if env and not env.isdigit():
+        raise ConfigError(f"MAMBA_DNA_CPU_TILE={env!r}: expected a number of activations per "
+                          "tile (0 = no tiling)")
+    budget = int(env) if env else CPU_TILE_ACTIVATIONS
     if budget <= 0:
         return 0
     tokens = max(1024, (budget // max(batch * d_inner, 1)) // 256 * 256)
