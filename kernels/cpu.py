@@ -70,6 +70,7 @@ from numba import njit, prange
 __all__ = ["selective_scan_cpu", "DEFAULT_CHUNK", "set_threads_from_affinity"]
 
 DEFAULT_CHUNK = 256
+_KG = 4  # channels the backward steps together (kernels/cpu.py `_bwd_group`)
 _THREADS_SET = False
 
 # Fast math without nnan/ninf: a NaN in the inputs still comes out as NaN.
@@ -107,7 +108,7 @@ def set_threads_from_affinity() -> int:
 # ----------------------------------------------------------------------------- kernels
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _exp_parts(x):
     """exp(x) for float32 x as (mantissa factor p, exponent bits): exp(x) = p * f32(bits).
 
@@ -129,7 +130,7 @@ def _exp_parts(x):
     return p, bits
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _vexp(x, out, bits, m):
     """out[:m] = exp(x[:m]) (float32, vectorised); bits: int32 scratch of length >= m."""
     scale = bits.view(np.float32)
@@ -139,7 +140,7 @@ def _vexp(x, out, bits, m):
         out[i] = out[i] * scale[i]
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _log1p_unit(y):
     """log(1 + y) for y in [0, 1], float32: 2 atanh(s), s = y / (2 + y) <= 1/3."""
     s = y / (_F32(2.0) + y)
@@ -154,36 +155,42 @@ def _log1p_unit(y):
     return _F32(2.0) * s * q
 
 
-@njit(inline="always", fastmath=_FASTMATH)
-def _prepass(delta, z, bias_d, b, d, t0, m, softplus, has_z, dtb, dsig, zsig, tmp, bits):
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _prepass(delta, z, bias_d, b, d, t0, m, softplus, has_z, need_dsig,
+             dtb, dsig, zsig, tmp, bits):
     """Per-position scalars of one channel's chunk, vectorised over positions.
 
     dtb[i] = softplus(delta + bias) (or delta + bias); dsig[i] = sigmoid(delta + bias)
-    (softplus' derivative, when `softplus`); zsig[i] = sigmoid(z) (when `has_z`).
+    (softplus' derivative, when `softplus` and `need_dsig`); zsig[i] = sigmoid(z) (when
+    `has_z`). Arrays are indexed by the loop variable only (views, not t0 + i: an
+    offset index keeps numba's negative-index wraparound in the loop, which then stays
+    scalar).
     """
+    dl = delta[b, d, t0:t0 + m]  # (m,)
     if softplus:
         for i in range(m):
-            x = delta[b, d, t0 + i] + bias_d
-            tmp[i] = -abs(x)
+            tmp[i] = -abs(dl[i] + bias_d)
         _vexp(tmp, tmp, bits, m)  # e = exp(-|x|) in (0, 1]
         for i in range(m):
-            x = delta[b, d, t0 + i] + bias_d
-            e = tmp[i]
-            r = _ONE / (_ONE + e)
-            dtb[i] = max(x, _ZERO) + _log1p_unit(e)
-            dsig[i] = r if x >= _ZERO else e * r
+            dtb[i] = max(dl[i] + bias_d, _ZERO) + _log1p_unit(tmp[i])
+        if need_dsig:
+            for i in range(m):
+                e = tmp[i]
+                r = _ONE / (_ONE + e)
+                dsig[i] = r if dl[i] + bias_d >= _ZERO else e * r
     else:
         for i in range(m):
-            dtb[i] = delta[b, d, t0 + i] + bias_d
+            dtb[i] = dl[i] + bias_d
     if has_z:
+        zl = z[b, d, t0:t0 + m]  # (m,)
         for i in range(m):
-            tmp[i] = -z[b, d, t0 + i]
+            tmp[i] = -zl[i]
         _vexp(tmp, tmp, bits, m)
         for i in range(m):
             zsig[i] = _ONE / (_ONE + tmp[i])
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
 def _scan_fwd_kernel(
     u, delta, z, Bt, Ct, A, D, bias, keep, state, out, saved,
     has_z, has_keep, softplus, save, chunk, n_parts,
@@ -227,7 +234,7 @@ def _scan_fwd_kernel(
                         saved[c, b, d, n] = h[n]
                 Ad = A[d]  # (N,)
                 Dd = D[d]
-                _prepass(delta, z, bias[d], b, d, t0, t1 - t0, softplus, has_z,
+                _prepass(delta, z, bias[d], b, d, t0, t1 - t0, softplus, has_z, False,
                          dtb, dsig, zsig, tmp, tbits)
                 for t in range(t0, t1):
                     i = t - t0
@@ -250,119 +257,149 @@ def _scan_fwd_kernel(
                     out[b, d, t] = y
 
 
-@njit(inline="always", fastmath=_FASTMATH)
-def _bwd_channel(
-    NN, ins, outs, Bf, Cf, A, D, bias, keep, saved, carry, gBp, gCp,
-    has_z, has_keep, softplus, b, d, bc0, c, t0, m, sp0, bufs, abits, tbits,
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _bwd_group(
+    ins, outs, B2, C2, A, D, bias, keep, saved_c, carry, gB2, gC2, gA64, gD64, gbias64,
+    has_z, has_keep, softplus, b, d0, kk, t0, m, bufs,
 ):
-    """One channel's chunk of the backward (see `_scan_bwd_kernel`); leaves the chunk's dA
-    in gA_ and returns its (dD, d delta_bias) sums.
+    """One chunk of the backward for channels d0 .. d0+kk-1 of batch row b (one B/C group).
 
-    NN is the state size: the caller passes a literal 16 so LLVM knows the inner trip
-    count (with a runtime 16 the loop is shorter than the unrolled vector body and runs
-    scalar). Tuples keep the call under 30 arguments (more compile to a *args call, which
-    numba cannot inline). ins: u, delta, z, gout; outs: gu, gdelta, gz (batch, dim, L);
-    bufs: the per-thread buffers (see the caller); bc0: offset of row t0 of this
-    channel's B/C in Bf/Cf; sp0: offset of row t0 in this thread's dB/dC span share.
+    ins: u, delta, z, gout; outs: gu, gdelta, gz (batch, dim, L); B2, C2 (m, N): this
+    chunk's rows of B and C; gB2, gC2 (m, N): this thread's share of their gradients;
+    saved_c (batch, dim, N): the chunk-start states; carry (batch, dim, N): dLoss/dh
+    carried from the future in, to the past out; gA64 (batch, dim, N), gD64, gbias64
+    (batch, dim): float64 sums over L; bufs: the per-thread buffers (see the caller).
+
+    Layout, chosen by measurement: (m, kk, N) C-contiguous views with a runtime N, so each
+    innermost loop over N is vectorised by LLVM (numba does not run LLVM's SLP vectoriser:
+    a literal N fully unrolls the loop into scalar code, and a flat index i*N + n stays
+    scalar too); the recurrences step kk channels per position, kk independent dependency
+    chains the CPU overlaps, instead of one latency-bound chain.
     """
     u, delta, z, gout = ins
     gu, gdelta, gz = outs
-    a_, h_, g_, gA_, dtb, dsig, zsig, gyv, dtuv, tmp = bufs
-    Ad = A[d]  # (NN,)
-    Dd = D[d]
-    _prepass(delta, z, bias[d], b, d, t0, m, softplus, has_z,
-             dtb, dsig, zsig, tmp, tbits)
-    # 1) exp(dt*A) of the whole chunk in one flat vectorised pass
-    for i in range(m):
-        dt = dtb[i]
-        dtuv[i] = dt * u[b, d, t0 + i]
-        for n in range(NN):
-            a_[i * NN + n] = dt * Ad[n]
-    _vexp(a_, a_, abits, m * NN)
+    a_, abits, h_, g_, gA_, dtb, dsig, zsig, gyv, dtuv, tmp, tbits = bufs
+    N = A.shape[1]
+    W = kk * N
+    a3 = a_[: m * W].reshape((m, kk, N))  # exp(dt_t A) * keep_t
+    h3 = h_[: (m + 1) * W].reshape((m + 1, kk, N))  # row 0: start state, row i+1: h_t
+    g3 = g_[: m * W].reshape((m, kk, N))  # dLoss/dh_t
+    # 1) per-position scalars, then exp(dt*A) of the whole chunk in one flat pass
+    for k in range(kk):
+        d = d0 + k
+        _prepass(delta, z, bias[d], b, d, t0, m, softplus, has_z, True,
+                 dtb[k], dsig[k], zsig[k], tmp, tbits)
+        Ad = A[d]  # (N,)
+        ul = u[b, d, t0:t0 + m]  # (m,)
+        for i in range(m):
+            dtuv[k, i] = dtb[k, i] * ul[i]
+        for i in range(m):
+            dt = dtb[k, i]
+            for n in range(N):
+                a3[i, k, n] = dt * Ad[n]
+    _vexp(a_, a_, abits, m * W)
     if has_keep:
         for i in range(m):
             if keep[b, t0 + i] == 0:
-                for n in range(NN):
-                    a_[i * NN + n] = _ZERO
-    # 2) the chunk's states from its saved start state
-    for n in range(NN):
-        h_[n] = saved[c, b, d, n]
+                for k in range(kk):
+                    for n in range(N):
+                        a3[i, k, n] = _ZERO
+    # 2) the chunk's states from its saved start states
+    for k in range(kk):
+        for n in range(N):
+            h3[0, k, n] = saved_c[b, d0 + k, n]
     for i in range(m):
-        dtu = dtuv[i]
-        r0 = i * NN
-        for n in range(NN):
-            h_[r0 + NN + n] = a_[r0 + n] * h_[r0 + n] + dtu * Bf[bc0 + r0 + n]
+        for k in range(kk):
+            dtu = dtuv[k, i]
+            for n in range(N):
+                h3[i + 1, k, n] = a3[i, k, n] * h3[i, k, n] + dtu * B2[i, n]
     # 3) dLoss/dy (and dz through the gate)
-    if has_z:
-        for i in range(m):
-            r0 = i * NN
-            acc = _ZERO
-            for n in range(NN):
-                acc += h_[r0 + NN + n] * Cf[bc0 + r0 + n]
-            t = t0 + i
-            uu = u[b, d, t]
-            go = gout[b, d, t]
-            zz = z[b, d, t]
-            sz = zsig[i]
-            y = acc + Dd * uu
-            gz[b, d, t] = go * y * sz * (_ONE + zz * (_ONE - sz))
-            gyv[i] = go * zz * sz
-    else:
-        for i in range(m):
-            gyv[i] = gout[b, d, t0 + i]
+    for k in range(kk):
+        d = d0 + k
+        gol = gout[b, d, t0:t0 + m]  # (m,)
+        if has_z:
+            Dd = D[d]
+            ul = u[b, d, t0:t0 + m]  # (m,)
+            zl = z[b, d, t0:t0 + m]  # (m,)
+            gzl = gz[b, d, t0:t0 + m]  # (m,)
+            yv = tmp  # (m,) y = C.h + D u, before the gate
+            for i in range(m):
+                acc = _ZERO
+                for n in range(N):
+                    acc += h3[i + 1, k, n] * C2[i, n]
+                yv[i] = acc
+            for i in range(m):
+                sz = zsig[k, i]
+                gzl[i] = gol[i] * (yv[i] + Dd * ul[i]) * sz * (_ONE + zl[i] * (_ONE - sz))
+            for i in range(m):
+                gyv[k, i] = gol[i] * zl[i] * zsig[k, i]
+        else:
+            for i in range(m):
+                gyv[k, i] = gol[i]
     # 4) adjoint recurrence g_t = a_{t+1} g_{t+1} + gy_t C_t, t descending
-    gh = carry[b, d]  # (NN,) view: dLoss/dh carried from the future
-    r0 = (m - 1) * NN
-    gy = gyv[m - 1]
-    for n in range(NN):
-        g_[r0 + n] = gh[n] + gy * Cf[bc0 + r0 + n]
+    for k in range(kk):
+        gh = carry[b, d0 + k]  # (N,)
+        gy = gyv[k, m - 1]
+        for n in range(N):
+            g3[m - 1, k, n] = gh[n] + gy * C2[m - 1, n]
     for i in range(m - 2, -1, -1):
-        r0 = i * NN
-        gy = gyv[i]
-        for n in range(NN):
-            g_[r0 + n] = g_[r0 + NN + n] * a_[r0 + NN + n] + gy * Cf[bc0 + r0 + n]
-    for n in range(NN):
-        gh[n] = g_[n] * a_[n]  # carried to the previous chunk
-    # 5) gradients: dC, dB (this thread's span share), dA, u, delta, D, bias
+        for k in range(kk):
+            gy = gyv[k, i]
+            for n in range(N):
+                g3[i, k, n] = g3[i + 1, k, n] * a3[i + 1, k, n] + gy * C2[i, n]
+    for k in range(kk):
+        gh = carry[b, d0 + k]  # (N,)
+        for n in range(N):
+            gh[n] = g3[0, k, n] * a3[0, k, n]  # carried to the previous chunk
+    # 5) gradients: dC, dB (this thread's span share), then per channel dA, u, delta, D, bias
     for i in range(m):
-        r0 = i * NN
-        gy = gyv[i]
-        for n in range(NN):
-            gCp[sp0 + r0 + n] += gy * h_[r0 + NN + n]
+        for k in range(kk):
+            gy = gyv[k, i]
+            for n in range(N):
+                gC2[i, n] += gy * h3[i + 1, k, n]
     for i in range(m):
-        r0 = i * NN
-        dtu = dtuv[i]
-        for n in range(NN):
-            gBp[sp0 + r0 + n] += g_[r0 + n] * dtu
-    for n in range(NN):
-        gA_[n] = _ZERO
-    gD_acc = 0.0
-    gb_acc = 0.0
-    for i in range(m):
-        r0 = i * NN
-        dt = dtb[i]
-        s_bu = _ZERO  # sum_n g_n B_n
-        s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
-        for n in range(NN):
-            gn = g_[r0 + n]
-            ga = gn * h_[r0 + n] * a_[r0 + n]
-            s_bu += gn * Bf[bc0 + r0 + n]
-            s_ga += ga * Ad[n]
-            gA_[n] += ga * dt
-        t = t0 + i
-        uu = u[b, d, t]
-        gy = gyv[i]
-        gdt = s_ga + s_bu * uu
-        gu[b, d, t] = s_bu * dt + gy * Dd
-        if softplus:
-            gdt = gdt * dsig[i]
-        gdelta[b, d, t] = gdt
-        gD_acc += gy * uu
-        gb_acc += gdt
-    return gD_acc, gb_acc
+        for k in range(kk):
+            dtu = dtuv[k, i]
+            for n in range(N):
+                gB2[i, n] += g3[i, k, n] * dtu
+    for k in range(kk):
+        d = d0 + k
+        Ad = A[d]  # (N,)
+        Dd = D[d]
+        gAk = gA_[k]  # (N,)
+        for n in range(N):
+            gAk[n] = _ZERO
+        ul = u[b, d, t0:t0 + m]  # (m,)
+        gul = gu[b, d, t0:t0 + m]  # (m,)
+        gdl = gdelta[b, d, t0:t0 + m]  # (m,)
+        gD_acc = 0.0
+        gb_acc = 0.0
+        for i in range(m):
+            dt = dtb[k, i]
+            s_bu = _ZERO  # sum_n g_n B_n
+            s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
+            for n in range(N):
+                gn = g3[i, k, n]
+                ga = gn * h3[i, k, n] * a3[i, k, n]
+                s_bu += gn * B2[i, n]
+                s_ga += ga * Ad[n]
+                gAk[n] += ga * dt
+            uu = ul[i]
+            gy = gyv[k, i]
+            gdt = s_ga + s_bu * uu
+            gul[i] = s_bu * dt + gy * Dd
+            if softplus:
+                gdt = gdt * dsig[k, i]
+            gdl[i] = gdt
+            gD_acc += gy * uu
+            gb_acc += gdt
+        for n in range(N):
+            gA64[b, d, n] += gAk[n]
+        gD64[b, d] += gD_acc
+        gbias64[b, d] += gb_acc
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
 def _scan_bwd_kernel(
     u, delta, z, Bt, Ct, A, D, bias, keep, saved, gout,
     gu, gdelta, gz, gBt, gCt, gA64, gD64, gbias64, carry,
@@ -375,12 +412,12 @@ def _scan_bwd_kernel(
     (batch, dim, N), gD64, gbias64 (batch, dim) float64. carry (batch, dim, N): the
     gradient of the last state in, of the initial state out.
 
-    Per chunk and channel, every step is a loop with one store over flat (chunk*N)
-    per-thread buffers (row i at i*N): the chunk's exp(dt*A) in one vectorised pass, the
-    states, the adjoint states, then the gradients. Threads own blocks of channels and walk
-    `span` positions (a multiple of `chunk`) without synchronising; then their dB/dC shares
-    for the span are added (one barrier per span, not per chunk: barriers are what a busy
-    machine makes expensive).
+    Per chunk, channels go in groups of up to _KG (same batch row and B/C group) through
+    `_bwd_group`: the chunk's exp(dt*A) in one vectorised pass, the states, the adjoint
+    states, then the gradients. Threads own blocks of channels and walk `span` positions
+    (a multiple of `chunk`) without synchronising; then their dB/dC shares for the span
+    are added (one barrier per span, not per chunk: barriers are what a busy machine
+    makes expensive).
     """
     batch, dim, L = u.shape
     G = Bt.shape[1]
@@ -388,13 +425,11 @@ def _scan_bwd_kernel(
     per_group = dim // G
     BD = batch * dim
     n_spans = (L + span - 1) // span
-    Bf = Bt.reshape(Bt.size)  # (batch*G*L*N,) row (b, g, t) at ((b*G + g)*L + t)*N
     ins = (u, delta, z, gout)
     outs = (gu, gdelta, gz)
-    Cf = Ct.reshape(Ct.size)
     # Per-thread shares of dB and dC for the current span: (n_parts, batch, G, span, N).
-    gBp = np.zeros(n_parts * batch * G * span * N, np.float32)
-    gCp = np.zeros(n_parts * batch * G * span * N, np.float32)
+    gBp = np.zeros((n_parts, batch, G, span, N), np.float32)
+    gCp = np.zeros((n_parts, batch, G, span, N), np.float32)
     RB = 64  # positions per block of the reduction
     n_blk = (span + RB - 1) // RB
     for s in range(n_spans - 1, -1, -1):
@@ -405,44 +440,38 @@ def _scan_bwd_kernel(
         for p in prange(n_parts):
             lo = p * BD // n_parts
             hi = (p + 1) * BD // n_parts
-            # Flat (chunk, N) buffers, row i at [i*N, (i+1)*N).
-            a_ = np.empty(chunk * N, np.float32)  # exp(dt_t A) * keep_t
-            abits = np.empty(chunk * N, np.int32)
-            h_ = np.empty((chunk + 1) * N, np.float32)  # row 0: start state, i+1: h_t
-            g_ = np.empty(chunk * N, np.float32)  # dLoss/dh_t
-            gA_ = np.empty(N, np.float32)
-            dtb = np.empty(chunk, np.float32)  # dt of the chunk
-            dsig = np.empty(chunk, np.float32)  # sigmoid(delta + bias)
-            zsig = np.empty(chunk, np.float32)  # sigmoid(z)
-            gyv = np.empty(chunk, np.float32)  # dLoss/dy_t
-            dtuv = np.empty(chunk, np.float32)  # dt_t * u_t
-            tmp = np.empty(chunk, np.float32)
-            tbits = np.empty(chunk, np.int32)
-            bufs = (a_, h_, g_, gA_, dtb, dsig, zsig, gyv, dtuv, tmp)
+            W = _KG * N
+            bufs = (
+                np.empty(chunk * W, np.float32),  # a: exp(dt_t A) * keep_t
+                np.empty(chunk * W, np.int32),  # exponent bits for the exp
+                np.empty((chunk + 1) * W, np.float32),  # h: row 0 start state, i+1: h_t
+                np.empty(chunk * W, np.float32),  # g: dLoss/dh_t
+                np.empty((_KG, N), np.float32),  # dA of the chunk
+                np.empty((_KG, chunk), np.float32),  # dt
+                np.empty((_KG, chunk), np.float32),  # sigmoid(delta + bias)
+                np.empty((_KG, chunk), np.float32),  # sigmoid(z)
+                np.empty((_KG, chunk), np.float32),  # dLoss/dy_t
+                np.empty((_KG, chunk), np.float32),  # dt_t * u_t
+                np.empty(chunk, np.float32),
+                np.empty(chunk, np.int32),
+            )
             for c in range(c_hi - 1, c_lo - 1, -1):
                 t0 = c * chunk
                 t1 = min(t0 + chunk, L)
                 m = t1 - t0
-                for bd in range(lo, hi):
+                j0 = t0 - s0  # first row of this chunk in the span
+                bd = lo
+                while bd < hi:
                     b = bd // dim
-                    d = bd - b * dim
-                    g = d // per_group
-                    bc0 = ((b * G + g) * L + t0) * N  # row t0 of B, C in Bf, Cf
-                    sp0 = (((p * batch + b) * G + g) * span + (t0 - s0)) * N  # span share
-                    if N == 16:
-                        gD_acc, gb_acc = _bwd_channel(
-                            16, ins, outs, Bf, Cf, A, D, bias, keep, saved, carry, gBp,
-                            gCp, has_z, has_keep, softplus, b, d, bc0, c, t0, m, sp0,
-                            bufs, abits, tbits)
-                    else:
-                        gD_acc, gb_acc = _bwd_channel(
-                            N, ins, outs, Bf, Cf, A, D, bias, keep, saved, carry, gBp,
-                            gCp, has_z, has_keep, softplus, b, d, bc0, c, t0, m, sp0,
-                            bufs, abits, tbits)
-                    for n in range(N):
-                        gA64[b, d, n] += gA_[n]
-                    gD64[b, d] += gD_acc
-                    gbias64[b, d] += gb_acc
+                    d0 = bd - b * dim
+                    g = d0 // per_group
+                    kk = min(_KG, hi - bd, (g + 1) * per_group - d0)
+                    _bwd_group(
+                        ins, outs, Bt[b, g, t0:t1], Ct[b, g, t0:t1], A, D, bias, keep,
+                        saved[c], carry, gBp[p, b, g, j0:j0 + m], gCp[p, b, g, j0:j0 + m],
+                        gA64, gD64, gbias64, has_z, has_keep, softplus, b, d0, kk, t0, m,
+                        bufs)
+                    bd += kk
         # 6) add the threads' shares of dB, dC for this span (fixed order), reset them
         for r in prange(batch * G * n_blk):
             b = r // (G * n_blk)
@@ -456,13 +485,16 @@ def _scan_bwd_kernel(
                     oB[n] = _ZERO
                     oC[n] = _ZERO
                 for p in range(n_parts):
-                    q0 = (((p * batch + b) * G + g) * span + j) * N
+                    sB = gBp[p, b, g, j]  # (N,)
+                    sC = gCp[p, b, g, j]  # (N,)
                     for n in range(N):
-                        oB[n] += gBp[q0 + n]
-                        gBp[q0 + n] = _ZERO
+                        oB[n] += sB[n]
                     for n in range(N):
-                        oC[n] += gCp[q0 + n]
-                        gCp[q0 + n] = _ZERO
+                        oC[n] += sC[n]
+                    for n in range(N):
+                        sB[n] = _ZERO
+                    for n in range(N):
+                        sC[n] = _ZERO
 
 
 # ----------------------------------------------------------------------------- host side
