@@ -71,7 +71,7 @@ def _check(x, weight, bias, initial_state, activation):
 # ----------------------------------------------------------------------------- kernels
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _load(x, init, has_init, b, d, t0, n, K, buf):
     """buf[:n] = the inputs at positions t0 - (K - 1) ... t0 - (K - 1) + n - 1 (init / 0 before 0)."""
     s = t0 - (K - 1)
@@ -83,7 +83,7 @@ def _load(x, init, has_init, b, d, t0, n, K, buf):
         buf[j0 + j] = xs[j]
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _pre(w, bias_d, buf, m, K, pre):
     """pre[i] = bias + sum_k w[k] buf[i + k] for i < m (one store per loop: vectorised)."""
     for i in range(m):
@@ -94,7 +94,7 @@ def _pre(w, bias_d, buf, m, K, pre):
             pre[i] += wk * buf[i + k]
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _chunk_pre(x, init, has_init, wd, bias_d, b, d, t0, n, K, silu, buf, pre, sig, bits):
     """pre[:n] = the conv at positions t0 .. t0+n-1 and, when `silu`, sig[:n] = sigmoid(pre)."""
     _load(x, init, has_init, b, d, t0, n + K - 1, K, buf)
@@ -107,7 +107,7 @@ def _chunk_pre(x, init, has_init, wd, bias_d, b, d, t0, n, K, silu, buf, pre, si
             sig[i] = _ONE / (_ONE + sig[i])
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
 def _conv_fwd_kernel(x, w, bias, init, out, has_init, silu, chunk, n_parts):  # pragma: no cover
     """x, out (batch, dim, L); w (dim, K); bias (dim,); init (batch, dim, K-1)."""
     batch, dim, L = x.shape
@@ -135,7 +135,7 @@ def _conv_fwd_kernel(x, w, bias, init, out, has_init, silu, chunk, n_parts):  # 
                         out[b, d, t0 + i] = pre[i]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
 def _conv_bwd_kernel(x, w, bias, init, gout, gx, gw64, gb64, ginit,
                      has_init, silu, chunk, n_parts):  # pragma: no cover
     """gout, gx (batch, dim, L); gw64 (batch, dim, K), gb64 (batch, dim) float64 sums;

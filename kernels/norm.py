@@ -31,7 +31,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> to
     return (xf * weight.float()).to(x.dtype)
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
 def _rms_fwd_kernel(x, w, eps, y, r, n_parts):  # pragma: no cover - compiled
     """x, y (rows, d) f32; w (d,); r (rows,) out: 1 / rms of each row."""
     rows, d = x.shape
@@ -48,7 +48,7 @@ def _rms_fwd_kernel(x, w, eps, y, r, n_parts):  # pragma: no cover - compiled
                 yi[j] = xi[j] * ri * w[j]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
 def _rms_bwd_kernel(x, w, r, g, gx, gw64, n_parts):  # pragma: no cover - compiled
     """g, gx (rows, d); gw64 (n_parts, d) float64 partial sums of dLoss/dw."""
     rows, d = x.shape
