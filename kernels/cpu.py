@@ -116,7 +116,8 @@ def set_threads_from_affinity() -> int:
 # remainder. One interleave makes those loops vector code: measured at dim 512, L 16k, the
 # backward 0.26 -> 0.23 s and the forward 0.116 -> 0.104 s. The option is process-wide and
 # only read when numba compiles (our kernels are then cached on disk); it changes speed,
-# never results. MAMBA_DNA_LLVM_INTERLEAVE=0 leaves LLVM's default alone.
+# never results. MAMBA_DNA_LLVM_INTERLEAVE=0 leaves LLVM's default alone (for kernels
+# compiled from then on: numba's on-disk cache keeps what was compiled before).
 if os.environ.get("MAMBA_DNA_LLVM_INTERLEAVE", "1") != "0":
     import llvmlite.binding as _llvm
 
