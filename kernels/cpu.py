@@ -248,8 +248,8 @@ def _group_states(u, delta, z, B2, A, bias, keep, h0, b, d0, kk, t0, m,
     a_, abits, h_, g_, gA_, dtb, dsig, zsig, gyv, dtuv, tmp, tbits = bufs
     N = A.shape[1]
     W = kk * N
-    a3 = a_[: m * W].reshape((m, kk, N))
-    h3 = h_[: (m + 1) * W].reshape((m + 1, kk, N))
+    a3 = a_[: m * W].reshape((m, kk, N))  # (m, kk, N) exp(dt_t A) * keep_t
+    h3 = h_[: (m + 1) * W].reshape((m + 1, kk, N))  # (m + 1, kk, N) h_{t0-1+i}
     for k in range(kk):
         d = d0 + k
         _prepass(delta, z, bias[d], b, d, t0, m, softplus, has_z, need_dsig,
