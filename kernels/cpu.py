@@ -76,7 +76,7 @@ from numba import njit, prange
 __all__ = ["selective_scan_cpu", "DEFAULT_CHUNK", "set_threads_from_affinity"]
 
 DEFAULT_CHUNK = 256
-_KG = 4  # channels the backward steps together (kernels/cpu.py `_bwd_group`)
+_KG = 4  # channels both kernels step together (`_group_at`, `_group_states`)
 _THREADS_SET = False
 
 # Fast math without nnan/ninf: a NaN in the inputs still comes out as NaN.
@@ -208,6 +208,16 @@ def _prepass(delta, z, bias_d, b, d, t0, m, softplus, has_z, need_dsig,
             zsig[i] = _ONE / (_ONE + tmp[i])
 
 
+@njit(inline="always", error_model="numpy")
+def _group_at(bd, hi, dim, per_group):
+    """The channel group starting at flat channel bd (< hi, this thread's end): batch row b,
+    first channel d0, B/C group g and size kk <= _KG, never crossing a row or a B/C group."""
+    b = bd // dim
+    d0 = bd - b * dim
+    g = d0 // per_group
+    return b, d0, g, min(_KG, hi - bd, (g + 1) * per_group - d0)
+
+
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _group_bufs(chunk, N):
     """The per-thread buffers of a channel group (see `_group_states`, `_bwd_group`)."""
@@ -314,10 +324,7 @@ def _scan_fwd_kernel(
             m = t1 - t0
             bd = lo
             while bd < hi:
-                b = bd // dim
-                d0 = bd - b * dim
-                g = d0 // per_group
-                kk = min(_KG, hi - bd, (g + 1) * per_group - d0)
+                b, d0, g, kk = _group_at(bd, hi, dim, per_group)
                 if save:
                     for k in range(kk):
                         sv = saved[c, b, d0 + k]  # (N,)
@@ -509,10 +516,7 @@ def _scan_bwd_kernel(
                 j0 = t0 - s0  # first row of this chunk in the span
                 bd = lo
                 while bd < hi:
-                    b = bd // dim
-                    d0 = bd - b * dim
-                    g = d0 // per_group
-                    kk = min(_KG, hi - bd, (g + 1) * per_group - d0)
+                    b, d0, g, kk = _group_at(bd, hi, dim, per_group)
                     _bwd_group(
                         ins, outs, Bt[b, g, t0:t1], Ct[b, g, t0:t1], A, D, bias, keep,
                         saved[c], carry, gBp[p, b, g, j0:j0 + m], gCp[p, b, g, j0:j0 + m],
