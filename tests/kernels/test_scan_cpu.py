@@ -259,3 +259,42 @@ def test_cpu_memory_is_not_L_times_N_per_channel():
     # what the call must create: out, grad_out, grads of u, delta, z (dim*L) and B, C (N*L)
     created = (5 * dim * L + 2 * N * L) * f32  # 112 MiB
     assert delta < created + per_channel_LN // 4, (delta / 2**20, created / 2**20)
+
+
+def _vm_flags(addr: int) -> list[str]:
+    """VmFlags of the mapping of this process that holds `addr` (Linux /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _thp_available() -> bool:
+    return os.path.exists(THP) and "[never]" not in open(THP).read()
+
+
+@pytest.mark.skipif(not _thp_available(), reason="needs Linux with transparent huge pages")
+def test_large_outputs_ask_for_huge_pages(monkeypatch):
+    import mamba_dna.kernels.cpu as cpu
+
+    monkeypatch.setattr(cpu, "_HUGE", True)  # the default unless MAMBA_DNA_HUGEPAGES=0
+    t = cpu._empty(1, 512, 16384)  # 32 MiB, what the backward returns at dim 512, L 16k
+    assert t.shape == (1, 512, 16384) and t.dtype == torch.float32
+    inner = (t.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
+    assert "hg" in _vm_flags(inner)  # MADV_HUGEPAGE took effect on the tensor's pages
+    del t
+    monkeypatch.setattr(cpu, "_HUGE", False)
+    t = cpu._empty(1, 512, 16384)
+    inner = (t.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
+    assert "hg" not in _vm_flags(inner)  # and only because we asked
+    small = cpu._empty(3, 5)
+    assert small.shape == (3, 5)
