@@ -278,6 +278,11 @@ def _vm_flags(addr: int) -> list[str]:
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+def _inside_2m(t: torch.Tensor) -> int:
+    """The first 2 MiB-aligned address inside t's memory."""
+    return (t.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
+
+
 def _thp_available() -> bool:
     return os.path.exists(THP) and "[never]" not in open(THP).read()
 
@@ -289,12 +294,10 @@ def test_large_outputs_ask_for_huge_pages(monkeypatch):
     monkeypatch.setattr(cpu, "_HUGE", True)  # the default unless MAMBA_DNA_HUGEPAGES=0
     t = cpu._empty(1, 512, 16384)  # 32 MiB, what the backward returns at dim 512, L 16k
     assert t.shape == (1, 512, 16384) and t.dtype == torch.float32
-    inner = (t.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
-    assert "hg" in _vm_flags(inner)  # MADV_HUGEPAGE took effect on the tensor's pages
+    assert "hg" in _vm_flags(_inside_2m(t))  # MADV_HUGEPAGE took effect on the tensor's pages
     del t
     monkeypatch.setattr(cpu, "_HUGE", False)
     t = cpu._empty(1, 512, 16384)
-    inner = (t.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
-    assert "hg" not in _vm_flags(inner)  # and only because we asked
+    assert "hg" not in _vm_flags(_inside_2m(t))  # and only because we asked
     small = cpu._empty(3, 5)
     assert small.shape == (3, 5)
