@@ -18,11 +18,12 @@ Formulation (chosen by measurement, bench/scan.py; figures on the 2-core Zen 3 d
   4 independent dependency chains the CPU overlaps, where one channel alone is bound by
   the latency of its multiply-add chain.
 * The exponentials are computed in-kernel by a vectorisable float32 exp (Cody-Waite range
-  reduction, degree-7 polynomial, 2^k built from the exponent bits through an int32 view),
+  reduction, degree-6 polynomial, 2^k built from the exponent bits through an int32 view),
   which LLVM turns into AVX2 code: ~1.8 G exp/s per thread in cache, against ~0.9 G/s for
   `torch.exp` into a preallocated tensor. Accuracy: max relative error ~1e-7 on the
-  arguments the scan sees; below -87.33 it returns 0 (the true value is a float32
-  denormal); NaN in gives NaN out. The kernels use fast-math (reassociation, FMA
+  arguments the scan sees, at most 1 ulp over [-87, 88] (tested); arguments below -87.33
+  are clamped there (exp = 1.18e-38, about the smallest normal float32, where the true value
+  is denormal: as good as 0 next to any state term); NaN in gives NaN out. The kernels use fast-math (reassociation, FMA
   contraction, approximate functions), not `nnan`/`ninf`, and numba's "numpy" error model
   (a float division is not checked for zero: the check is a branch that keeps the loop
   scalar; no divisor here can be 0).
@@ -91,14 +92,18 @@ _F32 = np.float32
 _LOG2E = _F32(1.4426950408889634)
 _LN2_HI = _F32(0.693359375)  # few mantissa bits: k * _LN2_HI is exact for |k| < 2^15
 _LN2_LO = _F32(-2.12194440e-4)
-_EXP_LO = _F32(-87.33)  # exp below this is a float32 denormal: flushed to 0
+_EXP_LO = _F32(-87.33)  # clamp: exp below this would be a float32 denormal
 _EXP_HI = _F32(88.7)
-_P0 = _F32(1.9875691500e-4)
-_P1 = _F32(1.3981999507e-3)
-_P2 = _F32(8.3334519073e-3)
-_P3 = _F32(4.1665795894e-2)
-_P4 = _F32(1.6666665459e-1)
-_P5 = _F32(5.0000001201e-1)
+# exp(r) = 1 + r + r^2 q(r) on |r| <= ln2/2, q of degree 4: a minimax fit (Lawson-weighted
+# least squares) of (e^r - 1 - r) / r^2 for relative error, 3e-9 in exact arithmetic. In
+# float32, measured against float64 exp on 4M points over [-87, 88]: max 0.99 ulp, mean 0.27,
+# the same as the degree-7 Cephes form used until 0.2.2, one multiply-add shorter
+# (forward+backward 3.6% faster at dim 512, L 16k).
+_P1 = _F32(0.001381461275741458)  # r^4
+_P2 = _F32(0.008368710055947304)  # r^3
+_P3 = _F32(0.04166838899254799)  # r^2
+_P4 = _F32(0.1666652113199234)  # r
+_P5 = _F32(0.4999999403953552)  # 1
 _ONE = _F32(1.0)
 _ZERO = _F32(0.0)
 _HALF = _F32(0.5)
@@ -143,8 +148,7 @@ def _exp_parts(x):
     k = np.floor(x * _LOG2E + _HALF)  # float32, exact integer
     r = x - k * _LN2_HI
     r = r - k * _LN2_LO  # |r| <= ln2 / 2
-    p = _P0 * r + _P1
-    p = p * r + _P2
+    p = _P1 * r + _P2
     p = p * r + _P3
     p = p * r + _P4
     p = p * r + _P5

@@ -301,3 +301,28 @@ def test_large_outputs_ask_for_huge_pages(monkeypatch):
     assert "hg" not in _vm_flags(_inside_2m(t))  # and only because we asked
     small = cpu._empty(3, 5)
     assert small.shape == (3, 5)
+
+
+def test_in_kernel_exp_is_within_one_ulp():
+    """The kernels' vectorised float32 exp against float64 exp over its whole range."""
+    import numpy as np
+    from mamba_dna.kernels.cpu import _vexp
+    from numba import njit
+
+    @njit
+    def vexp(x, out, bits):
+        _vexp(x, out, bits, x.shape[0])
+
+    x = np.concatenate([np.linspace(-87.0, 88.0, 1_000_001), np.linspace(-1.0, 1.0, 200_001),
+                        np.linspace(-0.35, 0.35, 100_001)]).astype(np.float32)
+    out = np.empty_like(x)
+    vexp(x, out, np.empty(x.shape[0], np.int32))
+    ref = np.exp(x.astype(np.float64))
+    ulp = np.abs(out - ref) / np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert ulp.max() <= 1.0, f"max error {ulp.max():.2f} ulp at x = {x[ulp.argmax()]}"
+    # the edges: below -87.33 the argument is clamped (exp there is about the smallest normal
+    # float32, 1.18e-38; the true value would be denormal), NaN stays NaN
+    edge = np.array([-100.0, -87.4, np.nan, 0.0], np.float32)
+    eo = np.empty_like(edge)
+    vexp(edge, eo, np.empty(4, np.int32))
+    assert 0 < eo[0] == eo[1] < 1.2e-38 and np.isnan(eo[2]) and eo[3] == 1
