@@ -391,8 +391,9 @@ def _bwd_group(
     a3, h3 = _group_states(u, delta, z, B2, A, bias, keep, saved_c, b, d0, kk, t0, m,
                            softplus, has_z, has_keep, True, bufs)
     g3 = g_[: m * kk * N].reshape((m, kk, N))  # dLoss/dh_t
-    # 3) dLoss/dy through the gate; y = C.h and dC in one pass over h (one store, one
-    #    reduction: still vector code, and h is read once); then dz, which needs y
+    # 3) dLoss/dy through the gate; y = C.h and dC in one pass over h (one store and the
+    #    reductions: still vector code; h read once; adding the 4 channels' terms before
+    #    the store avoids a store-to-load chain on the dC row, 1.9x faster alone); then dz
     for k in range(kk):
         d = d0 + k
         gol = gout[b, d, t0:t0 + m]  # (m,)
@@ -403,15 +404,29 @@ def _bwd_group(
         else:
             for i in range(m):
                 gyv[k, i] = gol[i]
-    for i in range(m):
-        for k in range(kk):
-            gy = gyv[k, i]
-            acc = _ZERO
+    if kk == _KG:  # all 4 channels in one loop over N: one store of dC per position
+        for i in range(m):
+            q0, q1, q2, q3 = gyv[0, i], gyv[1, i], gyv[2, i], gyv[3, i]
+            y0, y1, y2, y3 = _ZERO, _ZERO, _ZERO, _ZERO
             for n in range(N):
-                hn = h3[i + 1, k, n]
-                acc += hn * C2[i, n]
-                gC2[i, n] += gy * hn
-            yv[k, i] = acc
+                c = C2[i, n]
+                x0, x1, x2, x3 = h3[i + 1, 0, n], h3[i + 1, 1, n], h3[i + 1, 2, n], h3[i + 1, 3, n]
+                y0 += x0 * c
+                y1 += x1 * c
+                y2 += x2 * c
+                y3 += x3 * c
+                gC2[i, n] += x0 * q0 + x1 * q1 + x2 * q2 + x3 * q3
+            yv[0, i], yv[1, i], yv[2, i], yv[3, i] = y0, y1, y2, y3
+    else:  # a group cut short by a row or B/C-group edge
+        for i in range(m):
+            for k in range(kk):
+                gy = gyv[k, i]
+                acc = _ZERO
+                for n in range(N):
+                    hn = h3[i + 1, k, n]
+                    acc += hn * C2[i, n]
+                    gC2[i, n] += gy * hn
+                yv[k, i] = acc
     if has_z:
         for k in range(kk):
             d = d0 + k
@@ -439,11 +454,17 @@ def _bwd_group(
         for n in range(N):
             gh[n] = g3[0, k, n] * a3[0, k, n]  # carried to the previous chunk
     # 5) gradients: dB (this thread's span share), then per channel dA, u, delta, D, bias
-    for i in range(m):
-        for k in range(kk):
-            dtu = dtuv[k, i]
+    if kk == _KG:  # as for dC: the 4 channels' terms summed before the one store
+        for i in range(m):
+            e0, e1, e2, e3 = dtuv[0, i], dtuv[1, i], dtuv[2, i], dtuv[3, i]
             for n in range(N):
-                gB2[i, n] += g3[i, k, n] * dtu
+                gB2[i, n] += g3[i, 0, n] * e0 + g3[i, 1, n] * e1 + g3[i, 2, n] * e2 + g3[i, 3, n] * e3
+    else:
+        for i in range(m):
+            for k in range(kk):
+                dtu = dtuv[k, i]
+                for n in range(N):
+                    gB2[i, n] += g3[i, k, n] * dtu
     for k in range(kk):
         d = d0 + k
         Ad = A[d]  # (N,)
