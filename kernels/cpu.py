@@ -242,7 +242,7 @@ def _group_bufs(chunk, N):
         np.empty((_KG, chunk), np.float32),  # sigmoid(z)
         np.empty((_KG, chunk), np.float32),  # dLoss/dy_t (backward)
         np.empty((_KG, chunk), np.float32),  # dt_t * u_t
-        np.empty((_KG, chunk), np.float32),  # y_t = C_t . h_t (backward)
+        np.empty((_KG, chunk), np.float32),  # y_t = C_t . h_t
         np.empty(chunk, np.float32),  # scratch
         np.empty(chunk, np.int32),  # scratch
     )
@@ -327,7 +327,7 @@ def _scan_fwd_kernel(
         hi = (p + 1) * BD // n_parts
         bufs = _group_bufs(chunk, N)
         zsig = bufs[7]
-        yv = bufs[11]  # (chunk,) C.h per position
+        yv = bufs[10]  # (_KG, chunk) C.h per channel and position
         for c in range(n_chunks):
             t0 = c * chunk
             t1 = min(t0 + chunk, L)
@@ -345,26 +345,39 @@ def _scan_fwd_kernel(
                     u, delta, z, Bt[b, g, t0:t1], A, bias, keep, state, b, d0, kk, t0, m,
                     softplus, has_z, has_keep, False, bufs)
                 C2 = Ct[b, g, t0:t1]  # (m, N)
+                if kk == _KG:  # y = C.h of the 4 channels in one loop over N per position
+                    for i in range(m):
+                        y0, y1, y2, y3 = _ZERO, _ZERO, _ZERO, _ZERO
+                        for n in range(N):
+                            cn = C2[i, n]
+                            y0 += h3[i + 1, 0, n] * cn
+                            y1 += h3[i + 1, 1, n] * cn
+                            y2 += h3[i + 1, 2, n] * cn
+                            y3 += h3[i + 1, 3, n] * cn
+                        yv[0, i], yv[1, i], yv[2, i], yv[3, i] = y0, y1, y2, y3
+                else:
+                    for k in range(kk):
+                        for i in range(m):
+                            acc = _ZERO
+                            for n in range(N):
+                                acc += h3[i + 1, k, n] * C2[i, n]
+                            yv[k, i] = acc
                 for k in range(kk):
                     d = d0 + k
                     hk = state[b, d]  # (N,) the last state so far
                     for n in range(N):
                         hk[n] = h3[m, k, n]
-                    for i in range(m):
-                        acc = _ZERO
-                        for n in range(N):
-                            acc += h3[i + 1, k, n] * C2[i, n]
-                        yv[i] = acc
                     Dd = D[d]
                     ul = u[b, d, t0:t1]  # (m,)
                     ol = out[b, d, t0:t1]  # (m,)
+                    yk = yv[k]  # (m,)
                     if has_z:
                         zl = z[b, d, t0:t1]  # (m,)
                         for i in range(m):
-                            ol[i] = (yv[i] + Dd * ul[i]) * zl[i] * zsig[k, i]
+                            ol[i] = (yk[i] + Dd * ul[i]) * zl[i] * zsig[k, i]
                     else:
                         for i in range(m):
-                            ol[i] = yv[i] + Dd * ul[i]
+                            ol[i] = yk[i] + Dd * ul[i]
                 bd += kk
 
 
@@ -409,12 +422,12 @@ def _bwd_group(
             q0, q1, q2, q3 = gyv[0, i], gyv[1, i], gyv[2, i], gyv[3, i]
             y0, y1, y2, y3 = _ZERO, _ZERO, _ZERO, _ZERO
             for n in range(N):
-                c = C2[i, n]
+                cn = C2[i, n]
                 x0, x1, x2, x3 = h3[i + 1, 0, n], h3[i + 1, 1, n], h3[i + 1, 2, n], h3[i + 1, 3, n]
-                y0 += x0 * c
-                y1 += x1 * c
-                y2 += x2 * c
-                y3 += x3 * c
+                y0 += x0 * cn
+                y1 += x1 * cn
+                y2 += x2 * cn
+                y3 += x3 * cn
                 gC2[i, n] += x0 * q0 + x1 * q1 + x2 * q2 + x3 * q3
             yv[0, i], yv[1, i], yv[2, i], yv[3, i] = y0, y1, y2, y3
     else:  # a group cut short by a row or B/C-group edge
