@@ -600,8 +600,16 @@ def _scan_bwd_kernel(
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
-    """float32, contiguous, detached (a view when it already is)."""
-    return x.detach().to(torch.float32).contiguous()
+    """float32, contiguous, detached: x itself when it already is, else a copy (`_empty`)."""
+    return _dense(x.detach(), torch.float32)
+
+
+def _dense(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x as a contiguous tensor of `dtype`: x itself when it is one, else a copy in memory
+    from `_empty` (huge pages when large)."""
+    if x.dtype == dtype and x.is_contiguous():
+        return x
+    return _empty(*x.shape, dtype=dtype).copy_(x)
 
 
 def _n_parts(channels: int) -> int:
@@ -616,7 +624,8 @@ def _span(chunk: int, rows: int, L: int) -> int:
     return chunk * max(1, min(per, (L + chunk - 1) // chunk))
 
 
-# Output tensors of (batch, dim, L) are fresh memory on every call: tens of MiB, which glibc
+# Output tensors of (batch, dim, L) (and at a megabase the B/C copies and chunk states) are
+# fresh memory on every call: tens of MiB, which glibc
 # maps anew each time (they pass its mmap threshold), so the kernel that first writes them
 # also takes one page fault per 4 KiB (8,192 for 32 MiB). Where transparent huge pages are
 # available on request (Linux, /sys/kernel/mm/transparent_hugepage/enabled = madvise, the
@@ -641,9 +650,9 @@ if sys.platform.startswith("linux"):
         _madvise = None
 
 
-def _empty(*shape: int) -> torch.Tensor:
-    """torch.empty(*shape) float32, on 2 MiB pages where the OS grants them (see above)."""
-    t = torch.empty(*shape)
+def _empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """torch.empty(*shape, dtype=dtype), on 2 MiB pages where the OS grants them (see above)."""
+    t = torch.empty(*shape, dtype=dtype)
     n = t.numel() * t.element_size()
     if _HUGE and _madvise is not None and n >= _HUGE_MIN:
         p = t.data_ptr()
@@ -722,7 +731,7 @@ def _forward(P: _Prepared, initial_state, softplus: bool, save: bool, chunk: int
         state = torch.zeros(batch, dim, N)
     out = _empty(batch, dim, L)  # (batch, dim, L) f32
     n_chunks = max(1, (L + chunk - 1) // chunk)
-    saved = torch.empty(n_chunks, batch, dim, N) if save else torch.empty(1, 1, 1, 1)
+    saved = _empty(n_chunks, batch, dim, N) if save else torch.empty(1, 1, 1, 1)
     if L > 0:
         _scan_fwd_kernel(
             _np(P.u), _np(P.delta), _np(P.z), _np(P.Bt), _np(P.Ct), _np(P.A), _np(P.D),
@@ -761,8 +770,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
         gu = _empty(batch, dim, L)
         gdelta = _empty(batch, dim, L)
         gz = _empty(batch, dim, L) if P.has_z else torch.zeros(1, 1, 1)
-        gBt = torch.empty(batch, G, L, N)  # (batch, G, L, N)
-        gCt = torch.empty(batch, G, L, N)
+        gBt = _empty(batch, G, L, N)  # (batch, G, L, N)
+        gCt = _empty(batch, G, L, N)
         gA64 = torch.zeros(batch, dim, N, dtype=torch.float64)
         gD64 = torch.zeros(batch, dim, dtype=torch.float64)
         gb64 = torch.zeros(batch, dim, dtype=torch.float64)
@@ -780,7 +789,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         def shapeB(gt, dtype):  # (batch, G, L, N) -> B's layout
             g = gt.transpose(-1, -2)  # (batch, G, N, L)
             g = g[:, 0] if P.B_was_3d else g
-            return g.to(dtype).contiguous()
+            return _dense(g, dtype)
 
         need = ctx.needs_input_grad
         return (
