@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mamba_dna.device import resolve_device
 from mamba_dna.errors import ConfigError
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
@@ -94,20 +95,6 @@ def _slurm_master(env: dict) -> tuple[str, str]:
                 addr = out.stdout.split()[0]
     port = env.get("MASTER_PORT") or str(15000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
     return addr, port
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu. Explicit "cuda" -> per rank."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine",
-                              hint="use --device cpu or auto")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return dev
 
 
 def setup(device: str = "auto", timeout_s: float = 1800.0) -> tuple[DistEnv, torch.device]:
