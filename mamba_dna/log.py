@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from rich.console import Console
-
-T = TypeVar("T")
 
 console = Console(stderr=True, highlight=False)
 
@@ -55,9 +51,23 @@ class _RichTask:
         self.progress.update(self.task_id, advance=n, note=note)
 
 
+class _NoTask:
+    """What `progress(..., enabled=False)` yields: advances are accepted and ignored."""
+
+    def advance(self, n: float = 1, note: str = "") -> None:
+        pass
+
+
 @contextmanager
-def progress(desc: str, total: float | None = None, unit: str = "it", interval: float = 10.0):
-    """`with progress("scoring", total=n, unit="variants") as p: p.advance(k)`."""
+def progress(desc: str, total: float | None = None, unit: str = "it", interval: float = 10.0,
+             enabled: bool = True):
+    """`with progress("scoring", total=n, unit="variants") as p: p.advance(k)`.
+
+    `enabled=False` (e.g. on a non-zero rank) shows nothing; the same code path runs.
+    """
+    if not enabled:
+        yield _NoTask()
+        return
     if not is_tty():
         task = _PlainTask(desc, total, interval, unit)
         yield task
@@ -85,12 +95,3 @@ def progress(desc: str, total: float | None = None, unit: str = "it", interval: 
     ) as prog:
         tid = prog.add_task(desc, total=total, note="")
         yield _RichTask(prog, tid)
-
-
-def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with progress(desc, total=total, unit=unit) as p:
-        for x in items:
-            yield x
-            p.advance(1)
