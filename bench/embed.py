@@ -57,9 +57,10 @@ import resource, sys, json, time, torch
 from pathlib import Path
 mode, model_dir, fasta, n, out = sys.argv[1:6]
 n = int(n)
-from mamba_dna.pipelines.embed import EmbedConfig, load_model, run_embed
+from mamba_dna.pipelines.embed import EmbedConfig, run_embed
 from mamba_dna.genome import Genome
-model, sha = load_model(model_dir, "cpu")
+from mamba_dna.load import checkpoint_sha256, load_model
+model, sha = load_model(model_dir), checkpoint_sha256(model_dir)
 g = Genome(fasta)
 name = g.names[0]
 def hwm_mb():  # VmHWM: peak resident set size since the last reset
@@ -150,17 +151,17 @@ def main():
 
     from mamba_dna.pipelines.embed import (
         EmbedConfig,
-        load_model,
         make_batches,
         run_embed,
         stream_hidden,
     )
 
     from mamba_dna.genome import Genome
+    from mamba_dna.load import checkpoint_sha256, load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     model_dir = make_model(a.model, tmp)
-    model, sha = load_model(model_dir, "cpu")
+    model, sha = load_model(model_dir), checkpoint_sha256(model_dir)
     g = Genome(GENOME)
     name = g.names[0]
     seq = g.fetch(name, 0, a.bp).decode()

@@ -40,10 +40,10 @@ import torch  # noqa: E402
 from _common import best_of, cpu_model  # noqa: E402 (bench/_common.py)
 from mamba_dna.pipelines.score import (  # noqa: E402
     ScoreConfig,
-    _snapshot_positions,
     evaluate_labelled,
     run,
     score_contig,
+    snapshot_positions,
 )
 
 from mamba_dna.genome import Genome  # noqa: E402
@@ -98,7 +98,7 @@ def naive(model, x, starts, refs, alts, window):
 def _snapshot_cuts(x, starts, idx):
     """Pass calls added by the state snapshots of variants `idx` (both strands), exactly."""
     q = starts[idx]
-    return len(np.unique(_snapshot_positions(q, 128))) + len(np.unique(_snapshot_positions(x.size - q - 1, 128)))
+    return len(np.unique(snapshot_positions(q, 128))) + len(np.unique(snapshot_positions(x.size - q - 1, 128)))
 
 
 def _one_set(model, name, ctx, args, rng):

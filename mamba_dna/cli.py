@@ -14,6 +14,8 @@ import typer
 
 from mamba_dna import __version__
 from mamba_dna.errors import MambaDNAError
+from mamba_dna.pipelines.embed.config import EmbedConfig  # (light: the defaults of the options)
+from mamba_dna.pipelines.score.config import ScoreConfig
 
 app = typer.Typer(
     name="mamba-dna",
@@ -169,22 +171,22 @@ def embed(
     fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA (plain, .gz, bgzip)."),
     model: str = typer.Option(None, "--model", "-m", help="Model directory."),
     out: str = typer.Option(None, "--out", "-o", help="Output HDF5 file."),
-    bed: str = typer.Option(None, "--bed", help="BED regions (0-based half-open; strand col 6)."),
-    window: int = typer.Option(0, "--window", "-w", help="Window length in bp [0: whole records]."),
-    stride: int = typer.Option(None, "--stride", help="Step between windows [--window]."),
-    pool: str = typer.Option("mean", "--pool", help="mean | max | last | none."),
-    per_position: bool = typer.Option(False, "--per-position", help="Also write (length, d) per item."),
-    layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [after final norm]."),
-    rc_average: bool = typer.Option(False, "--rc-average", help="Average with the reverse strand."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 (stored values)."),
+    bed: str = typer.Option(EmbedConfig.bed, "--bed", help="BED regions (0-based half-open; strand col 6)."),
+    window: int = typer.Option(EmbedConfig.window, "--window", "-w", help="Window length in bp [0: whole records]."),
+    stride: int = typer.Option(EmbedConfig.stride, "--stride", help="Step between windows [--window]."),
+    pool: str = typer.Option(EmbedConfig.pool, "--pool", help="mean | max | last | none."),
+    per_position: bool = typer.Option(EmbedConfig.per_position, "--per-position", help="Also write (length, d) per item."),
+    layer: int = typer.Option(EmbedConfig.layer, "--layer", help="Residual stream after K blocks [after final norm]."),
+    rc_average: bool = typer.Option(EmbedConfig.rc_average, "--rc-average", help="Average with the reverse strand."),
+    dtype: str = typer.Option(EmbedConfig.dtype, "--dtype", help="float32 | float16 (stored values)."),
     compression: str = typer.Option(
-        "none", "--compression",
+        EmbedConfig.compression, "--compression",
         help="Per-position filter: none (fastest; embeddings compress by only 7-14%) | lzf "
              "(shuffle+LZF; R/MATLAB need the LZF plugin) | gzip (level 1: any HDF5 reader)."),
-    piece: int = typer.Option(1 << 15, "--piece", help="Positions per streamed piece (memory)."),
-    shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's share."),
-    resume: bool = typer.Option(False, "--resume", help="Continue OUT.partial, skip done items."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
+    piece: int = typer.Option(EmbedConfig.piece, "--piece", help="Positions per streamed piece (memory)."),
+    shard: str = typer.Option(EmbedConfig.shard, "--shard", help="i/n (0-based): this array job's share."),
+    resume: bool = typer.Option(EmbedConfig.resume, "--resume", help="Continue OUT.partial, skip done items."),
+    device: str = typer.Option(EmbedConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
     """Embed genome windows or BED regions with a model; writes HDF5 (schema: `mamba_dna.io.hdf5`).
 
@@ -193,7 +195,7 @@ def embed(
     if ctx.invoked_subcommand is not None:
         return
     from mamba_dna.errors import ConfigError
-    from mamba_dna.pipelines.embed import EmbedConfig, run_embed
+    from mamba_dna.pipelines.embed import merge, run_embed, shard_path
 
     missing = [n for n, v in (("--fasta", fasta), ("--model", model), ("--out", out)) if not v]
     if missing:
@@ -213,8 +215,6 @@ def embed(
         typer.echo(str(run_embed(make(out, shard, device))))
         return
     # torchrun / srun: rank r embeds shard r/world; rank 0 merges the parts into --out.
-    from mamba_dna.pipelines.embed import merge, shard_path
-
     base, dev = str(rankshard.with_token(out)), rankshard.rank_device(device)
     done = rankshard.run_ranks(
         out, *ranks,
@@ -297,6 +297,11 @@ def pretrain(
     run_cli(cfg, resume=resume, stop_at=stop_at)
 
 
+def _emb_layer_text(layer: int | None) -> str:
+    """ScoreConfig.emb_layer as the CLI spells it (None = 'final')."""
+    return "final" if layer is None else str(layer)
+
+
 score_app = _command_group("score", "Zero-shot variant effect scores (LLR, DLL, embedding distance) for a VCF (`score merge` joins shards).")
 
 
@@ -307,18 +312,18 @@ def score(
     fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA the VCF was called on."),
     model: str = typer.Option(None, "--model", "-m", help="Model directory, markov:K or markov:auto."),
     out: str = typer.Option(None, "--out", "-o", help="Output .vcf/.vcf.gz (INFO fields) or .tsv; '-' = TSV on stdout."),
-    scores: str = typer.Option("llr,dll", "--scores", help="llr (SNVs, nearly free), dll (all alleles), emb (network models: EMB_COS = 1 - cos, EMB_L2 between REF and ALT hidden states mean-pooled over the allele + window/2 bp downstream, mean of both strands; bases upstream are identical in a causal model and left out)."),
-    emb_layer: str = typer.Option("final", "--emb-layer", help="emb: 'final' (after the final norm) or K = after K blocks (0 = token embeddings, -1 = last block)."),
-    window: int = typer.Option(2000, "--window", "-w", help="DLL window in bp: window/2 each side."),
-    strict: bool = typer.Option(False, "--strict", help="REF mismatch or unknown contig is an error."),
-    chrom_alias: str = typer.Option(None, "--chrom-alias", help="'chr1=1,chrM=MT' or a 2-column file."),
-    region: str = typer.Option(None, "--region", help="chrom:start-end (1-based, inclusive)."),
-    shard: str = typer.Option(None, "--shard", help="i/n (0-based): this array job's records."),
-    tsv_info: str = typer.Option("", "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
-    context: int = typer.Option(None, "--context", help="Upstream bp streamed before a contig's first variant (default: whole contig)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="ALT re-runs per model call (default: ~2M activations per call; 7 for a 2x128 model, 2 kb window)."),
-    block: int = typer.Option(128, "--block", help="State snapshot spacing in bp (DLL re-run prefix)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
+    scores: str = typer.Option(",".join(ScoreConfig.scores), "--scores", help="llr (SNVs, nearly free), dll (all alleles), emb (network models: EMB_COS = 1 - cos, EMB_L2 between REF and ALT hidden states mean-pooled over the allele + window/2 bp downstream, mean of both strands; bases upstream are identical in a causal model and left out)."),
+    emb_layer: str = typer.Option(_emb_layer_text(ScoreConfig.emb_layer), "--emb-layer", help="emb: 'final' (after the final norm) or K = after K blocks (0 = token embeddings, -1 = last block)."),
+    window: int = typer.Option(ScoreConfig.window, "--window", "-w", help="DLL window in bp: window/2 each side."),
+    strict: bool = typer.Option(ScoreConfig.strict, "--strict", help="REF mismatch or unknown contig is an error."),
+    chrom_alias: str = typer.Option(ScoreConfig.chrom_alias, "--chrom-alias", help="'chr1=1,chrM=MT' or a 2-column file."),
+    region: str = typer.Option(ScoreConfig.region, "--region", help="chrom:start-end (1-based, inclusive)."),
+    shard: str = typer.Option(ScoreConfig.shard, "--shard", help="i/n (0-based): this array job's records."),
+    tsv_info: str = typer.Option(",".join(ScoreConfig.tsv_info), "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
+    context: int = typer.Option(ScoreConfig.context, "--context", help="Upstream bp streamed before a contig's first variant (default: whole contig)."),
+    batch_size: int = typer.Option(ScoreConfig.batch_size, "--batch-size", help="ALT re-runs per model call (default: ~2M activations per call; 7 for a 2x128 model, 2 kb window)."),
+    snapshot_every: int = typer.Option(ScoreConfig.snapshot_every, "--block", help="State snapshot spacing in bp (DLL re-run prefix)."),
+    device: str = typer.Option(ScoreConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
     """Score every ALT allele of a VCF with a model or a Markov baseline (negative = damaging).
 
@@ -328,7 +333,7 @@ def score(
     if ctx.invoked_subcommand is not None:
         return
     from mamba_dna.errors import ConfigError
-    from mamba_dna.pipelines.score import ScoreConfig, run
+    from mamba_dna.pipelines.score import merge_outputs, parse_shard, run
 
     missing = [n for n, v in (("--vcf", vcf), ("--fasta", fasta), ("--model", model), ("--out", out)) if not v]
     if missing:
@@ -339,7 +344,7 @@ def score(
         return ScoreConfig(vcf=vcf, fasta=fasta, model=model, out=out_,
                            scores=tuple(scores.split(",")), emb_layer=emb_layer, window=window, strict=strict,
                            chrom_alias=chrom_alias, region=region, shard=shard_, context=context,
-                           batch_size=batch_size, block=block, device=device_,
+                           batch_size=batch_size, snapshot_every=snapshot_every, device=device_,
                            tsv_info=tuple(k for k in tsv_info.split(",") if k))
 
     ranks = rankshard.launcher_shard(shard)
@@ -349,16 +354,14 @@ def score(
             typer.echo(out)
         return
     # torchrun / srun: rank r scores shard r/world; rank 0 merges the parts into --out.
-    from mamba_dna.pipelines.score import merge_outputs
-
     base, dev = rankshard.with_token(out), rankshard.rank_device(device)
 
     def part(i: int, n: int) -> Path:
-        return base.with_name(base.name.replace(".run", f".part{i}-of-{n}.run", 1))
+        return rankshard.part_path(base, i, n)
 
     done = rankshard.run_ranks(
         out, *ranks,
-        run_part=lambda s: run(make(str(part(*map(int, s.split("/")))), s, dev)),
+        run_part=lambda s: run(make(str(part(*parse_shard(s))), s, dev)),
         part_path=part, merge=merge_outputs,
     )
     if done:

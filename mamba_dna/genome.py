@@ -641,10 +641,14 @@ class Region(NamedTuple):
     chrom: str
     start: int
     end: int
+    name: str = ""  # BED column 4 ("" when absent or ".")
+    strand: str = "+"  # BED column 6 ("+" when absent or not + / -)
 
 
 def read_bed(path: str | os.PathLike, genome: Genome | None = None) -> list[Region]:
-    """BED3+ (0-based, half-open). With `genome`, names are resolved and bounds checked."""
+    """BED3+ (0-based, half-open; name and strand from columns 4 and 6 when present), plain or
+    .gz; '#', 'track' and 'browser' lines skipped. With `genome`, names are resolved and bounds
+    checked."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such BED file")
@@ -676,7 +680,9 @@ def read_bed(path: str | os.PathLike, genome: Genome | None = None) -> list[Regi
                         f"{path}: line {i}: region {chrom}:{s}-{e} is outside the contig "
                         f"(length {genome.lengths[chrom]:,} in {genome.path})"
                     )
-            out.append(Region(chrom, s, e))
+            name = f[3] if len(f) > 3 and f[3] not in ("", ".") else ""
+            strand = f[5] if len(f) > 5 and f[5] in ("+", "-") else "+"
+            out.append(Region(chrom, s, e, name, strand))
     if not out:
         raise InputError(f"{path}: no regions (empty BED)")
     return out
@@ -899,7 +905,7 @@ class GenomeWindows:
                 name = g.resolve(r)
                 out.append(Region(name, 0, g.lengths[name]))
             else:
-                chrom, s, e = r
+                chrom, s, e = r[0], r[1], r[2]  # (chrom, start, end) or a Region
                 name, s, e = g._check_range(chrom, s, e)
                 if e <= s:
                     raise InputError(f"region {chrom}:{s}-{e} is empty; expected start < end")

@@ -85,6 +85,16 @@ def _pad_to_multiple(n: int, m: int) -> int:
     return ((n + m - 1) // m) * m
 
 
+def layer_index(layer: int, n_layer: int, label: str | None = None, final: str = "None") -> int:
+    """`layer` in [-n_layer - 1, n_layer] -> blocks to run k in [0, n_layer] (negative counts
+    from the end: -1 = after the last block). `label`/`final` name the option in the error."""
+    k = layer + n_layer + 1 if layer < 0 else layer
+    if not 0 <= k <= n_layer:
+        raise ConfigError(f"{label or f'layer={layer}'}: expected an integer in [{-n_layer - 1}, "
+                          f"{n_layer}] (this model has {n_layer} blocks) or {final}")
+    return k
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -196,9 +206,12 @@ class MambaState:
     def to(self, device) -> MambaState:
         return MambaState([c.to(device) for c in self.conv], [s.to(device) for s in self.ssm], self.offset)
 
-    def select(self, index) -> MambaState:
-        """Rows `index` of the batch (e.g. to keep some sequences of a batch)."""
-        return MambaState([c[index] for c in self.conv], [s[index] for s in self.ssm], self.offset)
+    @classmethod
+    def stack(cls, states: list[MambaState]) -> MambaState:
+        """States of single sequences -> one batch (rows in order; offset 0: they differ)."""
+        n = len(states[0].ssm)
+        return cls([torch.cat([s.conv[i] for s in states]) for i in range(n)],
+                   [torch.cat([s.ssm[i] for s in states]) for i in range(n)], 0)
 
     @property
     def batch(self) -> int:
@@ -492,11 +505,18 @@ class MambaLM(nn.Module):
         if layer is None:
             h, st = self._run(input_ids, state, n)
             return self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype)).float(), st
-        k = layer + n + 1 if layer < 0 else layer
-        if not 0 <= k <= n:
-            raise ConfigError(f"layer={layer}: expected an integer in [{-n - 1}, {n}] or None")
-        h, st = self._run(input_ids, state, k)
+        h, st = self._run(input_ids, state, layer_index(layer, n))
         return h.float(), st
+
+    def hidden_module(self, layer: int | None = None, label: str | None = None, final: str = "None"):
+        """(module, pick): `pick(module's forward output)` is `hidden(..., layer)`'s value (a
+        forward hook reads it during another call, e.g. `log_probs`; see scorer.HiddenTap)."""
+        if layer is None:
+            return self.backbone.norm_f, lambda out: out
+        k = layer_index(layer, self.config.n_layer, label, final)
+        if k == 0:
+            return self.backbone.embedding, lambda out: out
+        return self.backbone.layers[k - 1], lambda out: out[0]  # a Block returns (h, conv, ssm)
 
     def log_probs(self, tokens: torch.Tensor, state: MambaState | None = None):
         """Scorer protocol: tokens (batch, L) -> (lp (batch, L, 4) fp32, state).

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mamba_dna import log
-from mamba_dna.distributed import detect
 from mamba_dna.errors import ConfigError, MambaDNAError
 
 
@@ -36,6 +35,8 @@ def launcher_shard(explicit: str | None) -> tuple[int, int] | None:
     """(rank, world) when a launcher started several processes and no --shard was given."""
     if explicit:
         return None
+    from mamba_dna.distributed import detect  # torch: imported only when a run starts
+
     env = detect()
     return (env.rank, env.world_size) if env.world_size > 1 else None
 
@@ -52,21 +53,34 @@ def run_token() -> str:
 
 def with_token(out: str) -> Path:
     """`dir/name.ext` -> `dir/name.run<token>.ext` (the base name of this launch's parts)."""
-    p = Path(out)
-    suffixes = "".join(p.suffixes[-2:]) if p.name.endswith((".vcf.gz", ".tsv.gz")) else p.suffix
-    stem = p.name[: len(p.name) - len(suffixes)] if suffixes else p.name
-    return p.with_name(f"{stem}.run{run_token()}{suffixes}")
+    stem, suffixes = _split_suffix(Path(out))
+    return Path(out).with_name(f"{stem}.run{run_token()}{suffixes}")
 
 
 def rank_device(device: str) -> str:
-    """"auto" under a launcher -> cuda:LOCAL_RANK when CUDA is available (one GPU per rank)."""
-    if device != "auto":
-        return device
-    import torch
+    """This rank's `--device`: "auto"/"cuda" -> cuda:LOCAL_RANK when CUDA is available (one
+    GPU per rank), else as `device.resolve_device` decides."""
+    from mamba_dna.device import resolve_device
+    from mamba_dna.distributed import detect
 
-    if torch.cuda.is_available():
-        return f"cuda:{detect().local_rank % max(torch.cuda.device_count(), 1)}"
-    return "cpu"
+    return str(resolve_device(device, local_rank=detect().local_rank))
+
+
+def part_path(out: str | os.PathLike, i: int, n: int, default_suffix: str = "") -> Path:
+    """The one name of part i of n of `out` (score, embed, the sbatch templates, launcher
+    ranks): `dir/name.ext` -> `dir/name.shard{i}-of-{n}.ext` (.vcf.gz/.tsv.gz kept whole; no
+    extension: `default_suffix`); n == 1 -> `out` itself."""
+    p = Path(out)
+    if n == 1:
+        return p
+    stem, suffixes = _split_suffix(p)
+    return p.with_name(f"{stem}.shard{i}-of-{n}{suffixes or default_suffix}")
+
+
+def _split_suffix(p: Path) -> tuple[str, str]:
+    """`name.vcf.gz` -> ("name", ".vcf.gz"); `name.h5` -> ("name", ".h5"); `name` -> ("name", "")."""
+    suffixes = "".join(p.suffixes[-2:]) if p.name.endswith((".vcf.gz", ".tsv.gz")) else p.suffix
+    return (p.name[: len(p.name) - len(suffixes)] if suffixes else p.name), suffixes
 
 
 def run_ranks(

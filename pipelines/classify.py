@@ -549,9 +549,11 @@ def run_train(cfg: ClassifyConfig) -> dict:
 
     model, model_spec = None, None
     if cfg.model:
-        from mamba_dna.pipelines.embed import load_model
+        from mamba_dna.device import resolve_device
+        from mamba_dna.load import checkpoint_sha256, load_model
 
-        model, sha = load_model(cfg.model, cfg.device)
+        model = load_model(cfg.model, map_location=resolve_device(cfg.device))
+        sha = checkpoint_sha256(cfg.model)
         model_spec = FeatureSpec("embedding", pool=cfg.pool, layer=cfg.layer,
                                  rc_average=cfg.rc_average, model_dir=str(cfg.model),
                                  checkpoint_sha256=sha, model_config=model.config.to_dict())
@@ -713,17 +715,20 @@ def load_classifier(directory: str | os.PathLike, device: str = "auto"):
         from mamba_dna.pipelines.finetune import FORMAT
 
         if fmt == FORMAT:
-            from mamba_dna.pipelines.embed import _device
             from mamba_dna.pipelines.finetune import FinetunedClassifier
 
-            ft, man = FinetunedClassifier.load(d, _device(device))
+            from mamba_dna.device import resolve_device
+
+            ft, man = FinetunedClassifier.load(d, resolve_device(device))
             return ft.predict_proba, ft.classes, man
     clf, spec, man = LinearClassifier.load(d)
     model = None
     if spec.kind == "embedding":
-        from mamba_dna.pipelines.embed import load_model
+        from mamba_dna.device import resolve_device
+        from mamba_dna.load import checkpoint_sha256, load_model
 
-        model, sha = load_model(spec.model_dir, device)
+        model = load_model(spec.model_dir, map_location=resolve_device(device))
+        sha = checkpoint_sha256(spec.model_dir)
         if spec.checkpoint_sha256 and sha != spec.checkpoint_sha256:
             raise InputError(f"{spec.model_dir}: checkpoint sha256 differs from the one the "
                              f"classifier {directory} was trained on")

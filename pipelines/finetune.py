@@ -221,7 +221,7 @@ class FinetunedClassifier:
              ) -> tuple[FinetunedClassifier, dict]:
         from safetensors.torch import load_file
 
-        from mamba_dna.model import MambaLM
+        from mamba_dna.load import load_model
 
         d = Path(directory)
         man = read_json_object(d / "classifier.json", "a fine-tuned classifier directory holds "
@@ -236,7 +236,7 @@ class FinetunedClassifier:
             if sha256_file(d / f) != man.get(key):
                 raise InputError(f"{d / f}: sha256 does not match classifier.json; refusing to "
                                  "load it", hint="the file was changed after training; train again")
-        backbone = MambaLM.from_pretrained(d / "backbone", map_location=device)
+        backbone = load_model(d / "backbone", map_location=device)
         labels = [str(x) for x in man["labels"]]
         net = SequenceClassifier(backbone, len(labels), man.get("pool", "last"))
         head = load_file(str(d / "head.safetensors"), device=str(device))
@@ -261,16 +261,16 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
     """Fine-tune a fresh copy of the backbone in `model_dir` on windows drawn from the train
     segments of `segs` (pipelines.classify.Segment), with the length ladder ending at `window`."""
     from mamba_dna.pipelines.classify import sample_windows
-    from mamba_dna.pipelines.embed import _device
     from mamba_dna.pipelines.pretrain import param_groups
 
-    from mamba_dna.model import MambaLM
+    from mamba_dna.device import resolve_device
+    from mamba_dna.load import load_model
 
     cfg.check()
-    dev = _device(device)
+    dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, window])
-    backbone = MambaLM.from_pretrained(model_dir, map_location=dev)
+    backbone = load_model(model_dir, map_location=dev)
     net = SequenceClassifier(backbone, len(classes), cfg.pool).to(dev)
     net.train()
     index = {c: i for i, c in enumerate(classes)}

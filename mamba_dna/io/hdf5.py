@@ -77,7 +77,6 @@ from mamba_dna.errors import ConfigError, InputError
 FORMAT = "mamba-dna-embeddings"
 FORMAT_VERSION = 1
 COORDINATES = "0-based half-open; strand '+' or '-'"
-ITEM_COLUMNS = ("index", "id", "chrom", "start", "end", "strand", "done")
 # attributes that must agree between a partial file and a --resume run, and between shards
 RUN_KEYS = (
     "format_version", "model_config", "checkpoint_sha256", "reference", "reference_sha256",

@@ -370,9 +370,11 @@ class TsvWriter:
     The first line is a '#'-comment with provenance (pandas: `comment="#"`); '-' = stdout.
     """
 
+    KEY_COLUMNS = ("chrom", "pos", "id", "ref", "alt")
+
     def __init__(self, dest: str | os.PathLike, columns: Sequence[str], comment: str = ""):
         self.dest = str(dest)
-        self.columns = ["chrom", "pos", "id", "ref", "alt", *columns]
+        self.columns = [*self.KEY_COLUMNS, *columns]
         self.comment = comment
         self.n_written = 0
 
@@ -393,8 +395,12 @@ class TsvWriter:
         return self
 
     def write_row(self, rec: VcfRecord, alt: str, values: Sequence) -> None:
-        row = [rec.chrom, str(rec.pos), rec.id, rec.ref, alt, *(_fmt(v) if v != "" else "" for v in values)]
-        self._fh.write("\t".join(row) + "\n")
+        self.write_cells([rec.chrom, str(rec.pos), rec.id, rec.ref, alt,
+                          *(_fmt(v) if v != "" else "" for v in values)])
+
+    def write_cells(self, cells: Sequence[str]) -> None:
+        """One row of already formatted cells (all columns, e.g. a row of another output)."""
+        self._fh.write("\t".join(cells) + "\n")
         self.n_written += 1
 
     def __exit__(self, et, ev, tb) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from mamba_dna.pipelines import embed as E
+from mamba_dna.pipelines.embed import run as embed_run  # the module run_embed calls into
 
 from mamba_dna.cli import main
 from mamba_dna.errors import ConfigError, InputError
@@ -141,7 +142,7 @@ def test_resume_after_crash(setup, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # a time limit / Ctrl-C in the middle of the run
         return real(*a, **k)
 
-    monkeypatch.setattr(E, "embed_batch", crashing)
+    monkeypatch.setattr(embed_run, "embed_batch", crashing)
     with pytest.raises(KeyboardInterrupt):
         E.run_embed(E.EmbedConfig(out=str(out), **kw))
     part = E.partial_path(out)
@@ -204,7 +205,7 @@ def test_user_mistakes(setup, tmp_path):
         E.run_embed(E.EmbedConfig(shard="3/3", **base))
     bad = tmp_path / "bad.bed"
     bad.write_text("chr1\t100\t50\n")
-    with pytest.raises(InputError, match=r"bad.bed:1: .*start < end"):
+    with pytest.raises(InputError, match=r"bad.bed: line 1: .*start < end"):
         E.run_embed(E.EmbedConfig(bed=str(bad), **base))
     bad.write_text("chr1\t0\t10\nchrX\t0\t10\n")
     with pytest.raises(InputError, match="chrX"):
@@ -250,7 +251,7 @@ def test_writer_error_stops_the_run_and_resume_finishes_it(setup, tmp_path, monk
     kw = dict(fasta=str(d / "g.fa"), model=str(d / "model"), window=500, per_position=True,
               rc_average=True, max_batch=2, piece=200)
     ref = E.run_embed(E.EmbedConfig(out=str(tmp_path / "ref.h5"), **kw))
-    real = E._write_rows
+    real = E.write_rows
     calls = {"n": 0}
 
     def failing(*a):
@@ -259,7 +260,7 @@ def test_writer_error_stops_the_run_and_resume_finishes_it(setup, tmp_path, monk
             raise OSError(28, "No space left on device")
         real(*a)
 
-    monkeypatch.setattr(E, "_write_rows", failing)
+    monkeypatch.setattr(embed_run, "write_rows", failing)
     out = tmp_path / "cut.h5"
     with pytest.raises(OSError, match="No space left"):
         E.run_embed(E.EmbedConfig(out=str(out), **kw))
@@ -271,13 +272,13 @@ def test_writer_error_stops_the_run_and_resume_finishes_it(setup, tmp_path, monk
         for r in range(4):
             k = f"{r:09d}"
             assert np.array_equal(f["per_position"][k][:], fr["per_position"][k][:])
-    monkeypatch.setattr(E, "_write_rows", real)
+    monkeypatch.setattr(embed_run, "write_rows", real)
     E.run_embed(E.EmbedConfig(out=str(out), resume=True, **kw))
     assert_same_file(ref, out)
 
 
 def test_writer_keeps_order_and_bounds_memory():
-    w = E._Writer(max_bytes=100)
+    w = E.WriteQueue(max_bytes=100)
     seen, peak = [], {"q": 0}
 
     def job(k):
@@ -288,7 +289,7 @@ def test_writer_keeps_order_and_bounds_memory():
         w.put(lambda k=k: job(k), nbytes=40)
     w.close()
     assert seen == list(range(50)) and peak["q"] <= 100
-    w = E._Writer(max_bytes=100)
+    w = E.WriteQueue(max_bytes=100)
     w.put(lambda: 1 / 0)
     w.put(lambda: seen.append("after"))  # may or may not be accepted, never run
     with pytest.raises(ZeroDivisionError):

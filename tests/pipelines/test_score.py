@@ -20,6 +20,7 @@ from mamba_dna.pipelines.score import (
     read_scored,
     run,
     score_contig,
+    snapshot_positions,
 )
 
 from mamba_dna.baselines import MarkovModel
@@ -64,7 +65,7 @@ def test_fast_path_equals_naive_both_strands(kind):
     scorer = MarkovModel(3).fit([x]) if kind == "markov" else _tiny_mamba()
     starts, refs, alts = _variants(x)
     # small blocks/chunks/batches so snapshots, chunk edges and batching are all exercised
-    fast = score_contig(scorer, x, starts, refs, alts, window=40, block=8, chunk=37, batch_size=3)
+    fast = score_contig(scorer, x, starts, refs, alts, window=40, snapshot_every=8, chunk=37, batch_size=3)
     tol = dict(rtol=1e-6, atol=1e-6) if kind == "markov" else dict(rtol=1e-4, atol=2e-4)
     n_llr = 0
     for k in range(len(starts)):
@@ -80,7 +81,7 @@ def test_fast_path_equals_naive_both_strands(kind):
     assert fast["edge"].tolist()[0] and fast["edge"].tolist()[-1] and not fast["edge"].tolist()[7]
     # LLR is antisymmetric: swapping REF and ALT on the reference with ALT would flip it; here
     # check a simpler invariant: ALT == REF gives exactly 0
-    same = score_contig(scorer, x, [50], [x[50:51]], [x[50:51]], window=40, block=8)
+    same = score_contig(scorer, x, [50], [x[50:51]], [x[50:51]], window=40, snapshot_every=8)
     assert abs(same["llr"][0]) < 1e-6 and abs(same["dll"][0]) < 1e-4
 
 
@@ -94,14 +95,12 @@ def test_llr_only_pass_matches_with_and_without_dll():
     assert np.isnan(a["dll"]).all()
 
 
-def test_snapshot_positions_cover_clusters_with_short_prefixes():
-    from mamba_dna.pipelines.score import _snapshot_positions
-
+def testsnapshot_positions_cover_clusters_with_short_prefixes():
     q = np.array([500, 3, 3, 10, 40, 41, 1000, 44, 2, 499])
-    b = _snapshot_positions(q, 8)
+    b = snapshot_positions(q, 8)
     assert (b <= q).all() and (q - b < 8).all()
     assert b.tolist() == [499, 2, 2, 10, 40, 40, 1000, 40, 2, 499]  # lone variants: no prefix
-    assert len(np.unique(b)) == 5 and _snapshot_positions(np.zeros(0, np.int64), 8).size == 0
+    assert len(np.unique(b)) == 5 and snapshot_positions(np.zeros(0, np.int64), 8).size == 0
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -138,7 +137,7 @@ def ref_vcf(tmp_path):
 
 
 def _cfg(fa, vcf, out, **kw):
-    base = dict(vcf=str(vcf), fasta=str(fa), model="markov:3", out=str(out), window=40, block=16)
+    base = dict(vcf=str(vcf), fasta=str(fa), model="markov:3", out=str(out), window=40, snapshot_every=16)
     base.update(kw)
     return ScoreConfig(**base)
 
@@ -337,15 +336,15 @@ def test_context_option_equals_scoring_the_trimmed_contig():
     refs = [x[p : p + 1] for p in starts]
     alts = [np.array([4 + (int(r[0]) - 3) % 4], np.uint8) for r in refs]
     C, block = 50, 8
-    got = score_contig(net, x, starts, refs, alts, window=40, block=block, context=C)
+    got = score_contig(net, x, starts, refs, alts, window=40, snapshot_every=block, context=C)
     # forward pass starts at 200 (block-aligned 250 - 50); reverse at 600 - 348 - 50 -> 200
     lo, hi = 200, 600 - 200
-    want = score_contig(net, x[lo:hi], [p - lo for p in starts], refs, alts, window=40, block=block)
+    want = score_contig(net, x[lo:hi], [p - lo for p in starts], refs, alts, window=40, snapshot_every=block)
     for c in ("llr", "dll", "dll_norm"):
         np.testing.assert_allclose(got[c], want[c], rtol=1e-5, atol=1e-5)
     markov = MarkovModel(3).fit([x])
-    a = score_contig(markov, x, starts, refs, alts, window=40, block=block, context=C)
-    b = score_contig(markov, x, starts, refs, alts, window=40, block=block)
+    a = score_contig(markov, x, starts, refs, alts, window=40, snapshot_every=block, context=C)
+    b = score_contig(markov, x, starts, refs, alts, window=40, snapshot_every=block)
     np.testing.assert_allclose(a["dll"], b["dll"], rtol=1e-9)  # finite context >= k: no change
 
 
@@ -366,7 +365,7 @@ def test_emb_fast_path_equals_two_full_haplotypes_through_hidden(layer):
     alts[3] = x[70:71]  # deletion of 2 bases
     alts[4] = np.array([4 + (int(b) - 2) % 4 for b in refs[4]], np.uint8)  # MNV
     fast = score_contig(net, x, starts, refs, alts, want_llr=False, want_dll=False, want_emb=True,
-                        emb_layer=layer, window=30, block=8, chunk=45, batch_size=4)
+                        emb_layer=layer, window=30, snapshot_every=8, chunk=45, batch_size=4)
     for k in range(len(starts)):
         nv = naive_scores(net, x, starts[k], refs[k], alts[k], window=30, emb_layer=layer)
         for c in ("emb_cos", "emb_l2", "dll"):
@@ -374,7 +373,7 @@ def test_emb_fast_path_equals_two_full_haplotypes_through_hidden(layer):
         assert nv["emb_cos"] > 1e-6 and nv["emb_l2"] > 1e-6  # a real change, not a trivial zero
     assert np.isnan(fast["llr"]).all()  # not asked for
     # ALT == REF: both pools are the same hidden states
-    same = score_contig(net, x, [50], [x[50:51]], [x[50:51]], want_emb=True, emb_layer=layer, window=30, block=8)
+    same = score_contig(net, x, [50], [x[50:51]], [x[50:51]], want_emb=True, emb_layer=layer, window=30, snapshot_every=8)
     assert abs(same["emb_cos"][0]) < 1e-6 and abs(same["emb_l2"][0]) < 1e-5
 
 

@@ -1,0 +1,175 @@
+"""VCF records -> per-ALT results: which records this run takes (shard, region), contig
+groups, REF checks and skip reasons, and the counts a run reports (`ScoreResult`)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from mamba_dna.pipelines.score.config import SCORE_COLUMNS, ScoreConfig, parse_region
+from mamba_dna.pipelines.score.fastpath import score_contig
+
+from mamba_dna import log
+from mamba_dna.errors import InputError
+from mamba_dna.io.vcf import VcfRecord, alt_skip_reason, count_records
+from mamba_dna.rankshard import parse_shard
+from mamba_dna.tokenizer import N, encode
+
+
+@dataclass
+class ScoreResult:
+    """What one `score` run did (also logged as one line)."""
+
+    records: int = 0
+    alts: int = 0
+    scored: int = 0
+    edge: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        sk = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none"
+        return (f"scored {self.scored:,} of {self.alts:,} ALT alleles in {self.records:,} records "
+                f"({self.edge:,} near a contig end, status 'edge'); skipped: {sk}; {self.seconds:.1f}s")
+
+
+@dataclass
+class Selection:
+    """The records this run scores: a shard's block of record indices and a region."""
+
+    lo: int = 0
+    hi: int | None = None  # record indices [lo, hi) in input order
+    region: tuple[str, int, int] | None = None  # FASTA name, start0, end0
+
+    @classmethod
+    def of(cls, cfg: ScoreConfig, resolve) -> Selection:
+        sel = cls()
+        shard_i, shard_n = parse_shard(cfg.shard)
+        if shard_n > 1:
+            total = count_records(cfg.vcf)
+            sel.lo, sel.hi = total * shard_i // shard_n, total * (shard_i + 1) // shard_n
+            log.info(f"shard {shard_i}/{shard_n}: records {sel.lo:,}..{sel.hi:,} of {total:,}")
+        region = parse_region(cfg.region)
+        if region is not None:
+            rname = resolve(region[0])
+            if rname is None:
+                raise InputError(resolve.missing_message(region[0], f"--region {cfg.region}"))
+            sel.region = (rname, region[1], region[2])
+        return sel
+
+
+def contig_groups(cfg: ScoreConfig, reader, resolve, sel: Selection,
+                  unknown: set[str]) -> Iterator[tuple[list[VcfRecord], str | None]]:
+    """Consecutive selected records of one VCF contig -> (records, FASTA name or None).
+
+    Contigs missing from the FASTA are added to `unknown` (warned once; an error with --strict).
+    """
+    group: list[VcfRecord] = []
+    cur: str | None = None
+    cur_fasta: str | None = None
+    seen: set[str] = set()
+    for rec in reader:
+        if rec.index < sel.lo:
+            continue
+        if sel.hi is not None and rec.index >= sel.hi:
+            break
+        fasta_name = resolve(rec.chrom)
+        if fasta_name is None:
+            where = f"{cfg.vcf}:{rec.line}"
+            if cfg.strict:
+                raise InputError(resolve.missing_message(rec.chrom, where))
+            if rec.chrom not in unknown:
+                unknown.add(rec.chrom)
+                log.info("warning: " + resolve.missing_message(rec.chrom, where)
+                         + "; its records are written unscored (status unknown_contig)")
+        r = sel.region
+        if r is not None and (fasta_name != r[0] or not r[1] <= rec.start < r[2]):
+            continue
+        if rec.chrom != cur:
+            if group:
+                yield group, cur_fasta
+                group = []
+            if rec.chrom in seen:
+                log.info(f"{cfg.vcf}:{rec.line}: contig {rec.chrom} appears again (unsorted VCF); "
+                         "it is streamed again, results stay correct")
+            seen.add(rec.chrom)
+            cur, cur_fasta = rec.chrom, fasta_name
+        group.append(rec)
+    if group:
+        yield group, cur_fasta
+
+
+def score_records(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fasta_name: str | None,
+                  result: ScoreResult) -> list[list[dict]]:
+    """Per record, per ALT: {'llr','dll','dll_norm','emb_cos','emb_l2','status'} for one contig's records."""
+    blank = dict.fromkeys(c for cs in SCORE_COLUMNS.values() for c in cs)
+    results = [[{**blank, "status": "ok"} for _ in rec.alts] for rec in group]
+    result.records += len(group)
+    result.alts += sum(len(r.alts) for r in group)
+    if fasta_name is None:
+        for res in results:
+            for r in res:
+                r["status"] = "unknown_contig"
+        result.skipped["unknown_contig"] += sum(len(r) for r in results)
+        return results
+    x, _ = genome.tokens(fasta_name)  # (L,) uint8: the whole contig
+    starts, refs, alts, where = _scorable(cfg, genome, x, group, fasta_name, results, result)
+    if not where:
+        return results
+    sc = score_contig(scorer, x, starts, refs, alts, want_llr="llr" in cfg.scores,
+                      want_dll="dll" in cfg.scores, want_emb="emb" in cfg.scores,
+                      emb_layer=cfg.emb_layer, window=cfg.window, snapshot_every=cfg.snapshot_every,
+                      chunk=cfg.chunk, batch_size=cfg.batch_size, context=cfg.context)
+    for k, (gi, ai) in enumerate(where):
+        r = results[gi][ai]
+        for c in blank:
+            v = float(sc[c][k])
+            r[c] = None if math.isnan(v) else v
+        if sc["edge"][k]:
+            r["status"] = "edge"
+            result.edge += 1
+        result.scored += 1
+    return results
+
+
+def _scorable(cfg, genome, x, group, fasta_name, results, result):
+    """The ALTs that can be scored -> (starts, REF ids, ALT ids, (record, alt) index); the
+    others get their skip reason in `results` (REF mismatch: an error with --strict)."""
+    L = int(x.size)
+    starts, refs, alts, where = [], [], [], []
+    for gi, rec in enumerate(group):
+        ref_ids = encode(rec.ref)
+        reason = None
+        if rec.start + len(rec.ref) > L:
+            reason = "outside_contig"
+        elif not np.array_equal(x[rec.start : rec.start + ref_ids.size], ref_ids):
+            reason = "ref_mismatch"
+            if cfg.strict:
+                got = genome.fetch(fasta_name, rec.start, rec.start + ref_ids.size).decode().upper()
+                raise InputError(
+                    f"{cfg.vcf}:{rec.line}: REF {rec.ref} at {rec.chrom}:{rec.pos} does not match the "
+                    f"reference ({got} in {fasta_name})",
+                    hint="drop --strict to flag such records in the output instead",
+                )
+        elif (ref_ids == N).any():
+            reason = "ambiguous_base"
+        for ai, alt in enumerate(rec.alts):
+            why = reason or alt_skip_reason(alt)
+            if why is None:
+                alt_ids = encode(alt)
+                if (alt_ids == N).any():
+                    why = "ambiguous_base"
+                elif alt.upper() == rec.ref:
+                    why = "alt_equals_ref"
+            if why is not None:
+                results[gi][ai]["status"] = why
+                result.skipped[why] += 1
+                continue
+            starts.append(rec.start)
+            refs.append(ref_ids)
+            alts.append(alt_ids)
+            where.append((gi, ai))
+    return starts, refs, alts, where
