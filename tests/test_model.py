@@ -185,6 +185,31 @@ def test_hidden_layers():
         model.hidden(ids, layer=4)
 
 
+def test_hidden_module_hook_reads_what_hidden_returns_and_states_stack():
+    """The scorer protocol's tap (scorer.HiddenTap) reads `hidden`'s value inside `log_probs`;
+    MambaState.stack batches single-sequence states as one call would have made them."""
+    from mamba_dna.scorer import HiddenTap, clone_state, stack_states
+
+    model = tiny(n_layer=3)
+    ids = dna(2, 21)
+    with torch.no_grad():
+        for layer in (None, 0, 2, -1, -4):
+            want, _ = model.hidden(ids, layer=layer)
+            with HiddenTap(model, layer) as tap:
+                model.log_probs(ids)
+            torch.testing.assert_close(tap.take(), want, rtol=0, atol=0)
+        with pytest.raises(ConfigError, match=r"--emb-layer 4: expected an integer in \[-4, 3\]"):
+            HiddenTap(model, 4)
+        _, s0 = model.log_probs(ids[:1, :9])
+        _, s1 = model.log_probs(ids[1:, :9])
+        _, both = model.log_probs(ids[:, :9])
+        st = stack_states([clone_state(s0), s1])
+        lp, _ = model.log_probs(ids[:, 9:], st)
+        lp_ref, _ = model.log_probs(ids[:, 9:], both)
+    assert st.batch == 2
+    torch.testing.assert_close(lp, lp_ref, **TOL)
+
+
 def test_generate_greedy_and_allowed():
     model = tiny()
     prompt = dna(2, 6)

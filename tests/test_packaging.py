@@ -39,6 +39,8 @@ def test_wheel_layout(wheel: Path):
     assert "mamba_dna/kernels/__init__.py" in names
     assert "mamba_dna/kernels/reference.py" in names
     assert "mamba_dna/pipelines/__init__.py" in names
+    for sub in ("score", "embed"):  # pipeline folders ship as subpackages
+        assert f"mamba_dna/pipelines/{sub}/__init__.py" in names and f"mamba_dna/pipelines/{sub}/run.py" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert entry and "mamba-dna = mamba_dna.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
 

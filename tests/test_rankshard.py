@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mamba_dna.genome import Genome
-from mamba_dna.rankshard import with_token
+from mamba_dna.rankshard import part_path, with_token
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "data" / "fixtures" / "tiny.fa"
@@ -82,3 +82,13 @@ def test_embed_under_torchrun_equals_single_run(tmp_path):
 def test_with_token_keeps_double_suffix():
     p = with_token("out/scored.vcf.gz")
     assert p.name.startswith("scored.run") and p.name.endswith(".vcf.gz")
+
+
+def test_one_part_name_rule_for_score_embed_and_the_sbatch_templates():
+    assert part_path("out/scored.tsv", 3, 16) == Path("out/scored.shard3-of-16.tsv")
+    assert part_path("s.vcf.gz", 0, 2) == Path("s.shard0-of-2.vcf.gz")  # .vcf.gz kept whole
+    assert part_path("emb", 1, 3, default_suffix=".h5") == Path("emb.shard1-of-3.h5")
+    assert part_path("emb.h5", 0, 1) == Path("emb.h5")  # one part: the output itself
+    for tpl, line in (("score_array.sbatch", 'out="$PREFIX.shard$I-of-$N.tsv"'),
+                      ("embed_array.sbatch", 'out="$PREFIX.shard$I-of-$N.h5"')):
+        assert line in (ROOT / "scripts" / "slurm" / tpl).read_text(), tpl

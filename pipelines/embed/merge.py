@@ -18,6 +18,21 @@ from mamba_dna.io import hdf5
 
 def merge(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Join shard files into one file identical to a single-process run."""
+    infos = _check_shards(shards)
+    out = Path(out)
+    with atomic_path(out, suffix=".h5") as tmp:
+        srcs = [h5py.File(p, "r") for p, _, _ in infos]
+        try:
+            _write_merged(tmp, srcs, [p.name for p, _, _ in infos], infos[0][1])
+        finally:
+            for s in srcs:
+                s.close()
+    return out
+
+
+def _check_shards(shards) -> list[tuple[Path, dict, np.ndarray]]:
+    """(path, run attributes, item indices) per shard, after checking that the shards are
+    complete, of one run, and hold every item exactly once."""
     if not shards:
         raise ConfigError("embed merge: no shard files given")
     infos = []
@@ -48,38 +63,32 @@ def merge(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     if (owner < 0).any():
         raise InputError(f"items missing from the shards given: {int((owner < 0).sum())} of {n}, "
                          f"first index {int(np.argmax(owner < 0))}", hint="pass every shard file")
+    return infos
 
-    out = Path(out)
-    with atomic_path(out, suffix=".h5") as tmp:
-        srcs = [h5py.File(p, "r") for p, _, _ in infos]
-        try:
-            parts = [hdf5.read_items(s) for s in srcs]
-            order = np.concatenate([pt.index for pt in parts])  # global index per concatenated row
-            cat = hdf5.Items(*(np.concatenate([getattr(pt, c) for pt in parts])
-                               for c in ("chrom", "start", "end", "strand", "id", "index")))
-            perm = np.argsort(order, kind="stable")
-            items = cat.take(perm)
-            attrs = {k: v for k, v in srcs[0].attrs.items()
-                     if k not in ("format", "format_version", "mamba_dna_version", "coordinates",
-                                  "d_model", "dtype", "per_position", "complete")}
-            attrs["shard"] = ""
-            attrs["merged_from"] = json.dumps([p.name for p, _, _ in infos])
-            attrs["compression"] = ref["compression"]  # "gzip" for files from before the option
-            d, dtype = int(ref["d_model"]), str(ref["dtype"])
-            has_pooled = "pooled" in srcs[0]
-            hdf5.create(tmp, items, attrs, d_model=d, pooled=has_pooled,
-                        per_position=bool(ref["per_position"]), dtype=dtype)
-            with h5py.File(tmp, "r+") as f:
-                if has_pooled:
-                    pooled = np.concatenate([s["pooled"][:] for s in srcs])[perm]  # (n, d)
-                    f["pooled"][:] = pooled
-                if ref["per_position"]:
-                    for s in srcs:
-                        for key in s["per_position"]:
-                            s.copy(s["per_position"][key], f["per_position"], name=key)
-                f["items/done"][:] = 1
-                f.attrs["complete"] = 1
-        finally:
+
+def _write_merged(tmp: Path, srcs: list, names: list[str], ref: dict) -> None:
+    """The merged file at `tmp`: items in global order, pooled rows permuted to match,
+    per-position datasets copied as they are (they are keyed by the global index)."""
+    parts = [hdf5.read_items(s) for s in srcs]
+    order = np.concatenate([pt.index for pt in parts])  # global index per concatenated row
+    cat = hdf5.Items(*(np.concatenate([getattr(pt, c) for pt in parts])
+                       for c in ("chrom", "start", "end", "strand", "id", "index")))
+    perm = np.argsort(order, kind="stable")
+    attrs = {k: v for k, v in srcs[0].attrs.items()
+             if k not in ("format", "format_version", "mamba_dna_version", "coordinates",
+                          "d_model", "dtype", "per_position", "complete")}
+    attrs["shard"] = ""
+    attrs["merged_from"] = json.dumps(names)
+    attrs["compression"] = ref["compression"]  # "gzip" for files from before the option
+    has_pooled = "pooled" in srcs[0]
+    hdf5.create(tmp, cat.take(perm), attrs, d_model=int(ref["d_model"]), pooled=has_pooled,
+                per_position=bool(ref["per_position"]), dtype=str(ref["dtype"]))
+    with h5py.File(tmp, "r+") as f:
+        if has_pooled:
+            f["pooled"][:] = np.concatenate([s["pooled"][:] for s in srcs])[perm]  # (n, d)
+        if ref["per_position"]:
             for s in srcs:
-                s.close()
-    return out
+                for key in s["per_position"]:
+                    s.copy(s["per_position"][key], f["per_position"], name=key)
+        f["items/done"][:] = 1
+        f.attrs["complete"] = 1

@@ -106,25 +106,7 @@ def evaluate_labelled(scored: str, truth_vcf: str, label: str, metric: str = "au
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    truth = {}
-    for rec in VcfReader(truth_vcf):
-        v = rec.info.get(label)
-        if v is None or v is True:
-            continue
-        for alt in rec.alts:
-            truth[(rec.chrom, rec.pos, rec.ref, alt)] = v
-    ys, ss = [], []
-    missing = 0
-    for row in read_scored(scored):
-        key = (row["chrom"], int(row["pos"]), row["ref"], row["alt"])
-        if key not in truth:
-            continue
-        v = row.get(score, ".")
-        if v in (".", "", None):
-            missing += 1
-            continue
-        ys.append(truth[key])
-        ss.append(float(v))
+    ys, ss, missing = _joined(scored, truth_vcf, label, score)
     s = np.array(ss)
     sign = 1.0 if score in DISTANCE_COLUMNS else -1.0  # predictor of "damaging"
     res = {"n": len(ss), "missing_score": missing, "score": score, "label": label, "metric": metric,
@@ -147,3 +129,28 @@ def evaluate_labelled(scored: str, truth_vcf: str, label: str, metric: str = "au
     else:
         raise ConfigError(f"metric {metric!r}: expected auroc or spearman")
     return res
+
+
+def _joined(scored: str, truth_vcf: str, label: str, score: str) -> tuple[list, list[float], int]:
+    """(labels, scores, number of labelled variants without a score) joined on (chrom, pos,
+    ref, alt)."""
+    truth = {}
+    for rec in VcfReader(truth_vcf):
+        v = rec.info.get(label)
+        if v is None or v is True:
+            continue
+        for alt in rec.alts:
+            truth[(rec.chrom, rec.pos, rec.ref, alt)] = v
+    ys, ss = [], []
+    missing = 0
+    for row in read_scored(scored):
+        key = (row["chrom"], int(row["pos"]), row["ref"], row["alt"])
+        if key not in truth:
+            continue
+        v = row.get(score, ".")
+        if v in (".", "", None):
+            missing += 1
+            continue
+        ys.append(truth[key])
+        ss.append(float(v))
+    return ys, ss, missing

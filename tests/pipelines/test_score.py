@@ -434,3 +434,20 @@ def test_emb_in_vcf_and_tsv_outputs_and_eval_direction(ref_vcf, tmp_path):
         assert r["value"] == pytest.approx(1.0) and r["predictor"] == pred
     with pytest.raises(InputError, match="no 'dll' values"):
         evaluate_labelled(str(scored), str(truth), "Y", "auroc", score="dll")
+
+
+def test_emb_when_the_model_runs_long_inputs_in_tiles(monkeypatch):
+    """On CPU MambaLM runs a long call in tiles along L (one hooked-module call per tile):
+    EMB must join the tiles (before the scorer protocol moved, only the last tile was read)."""
+    monkeypatch.setenv("MAMBA_DNA_CPU_TILE", "1")  # tiles of 1,024 tokens
+    net = _tiny_mamba(4)
+    x = np.random.default_rng(3).integers(4, 8, 2600).astype(np.uint8)  # (L,): 3 tiles per pass
+    starts = [300, 1200]
+    refs = [x[p : p + 1] for p in starts]
+    alts = [np.array([4 + (int(r[0]) - 3) % 4], np.uint8) for r in refs]
+    # window 2200: a re-run is 1 + 1100 tokens > one tile
+    fast = score_contig(net, x, starts, refs, alts, want_emb=True, emb_layer=1, window=2200, snapshot_every=8)
+    for k in range(len(starts)):
+        nv = naive_scores(net, x, starts[k], refs[k], alts[k], window=2200, emb_layer=1)
+        for c in ("emb_cos", "emb_l2", "dll"):
+            np.testing.assert_allclose(fast[c][k], nv[c], rtol=1e-4, atol=1e-6, err_msg=f"variant {k} {c}")
