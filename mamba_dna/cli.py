@@ -176,7 +176,7 @@ def embed(
     stride: int = typer.Option(EmbedConfig.stride, "--stride", help="Step between windows [--window]."),
     pool: str = typer.Option(EmbedConfig.pool, "--pool", help="mean | max | last | none."),
     per_position: bool = typer.Option(EmbedConfig.per_position, "--per-position", help="Also write (length, d) per item."),
-    layer: int = typer.Option(EmbedConfig.layer, "--layer", help="Residual stream after K blocks [after final norm]."),
+    layer: int = typer.Option(EmbedConfig.layer, "--layer", help="Residual stream after K blocks (default: after the final norm)."),
     rc_average: bool = typer.Option(EmbedConfig.rc_average, "--rc-average", help="Average with the reverse strand."),
     dtype: str = typer.Option(EmbedConfig.dtype, "--dtype", help="float32 | float16 (stored values)."),
     compression: str = typer.Option(
