@@ -45,8 +45,8 @@ running sum of reference log-probabilities (which give each variant's REF term),
 snapshots the state at the first variant of each cluster of variants (a new snapshot every
 `--block` bases along a dense run, `snapshot_every` inside: the pass is cut there, one
 extra call each). Each ALT then re-runs only `x[snapshot:pos] + ALT + W downstream bases`
-from its snapshot (prefix < snapshot_every,
-none for a lone variant), batched and ordered by position so a batch pads little. The
+from its snapshot (prefix < snapshot_every, none for a lone variant), batched and ordered
+by position so a batch pads little. The
 re-run's tokens are the floor of an exact method: the ALT side of W bases per strand, against
 the naive method's REF and ALT windows of 2W + 1 bases. The naive method (`naive_scores`,
 used by the tests and the benchmark) runs whole sequences per variant.
