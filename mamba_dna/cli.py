@@ -14,6 +14,7 @@ import typer
 
 from mamba_dna import __version__
 from mamba_dna.errors import MambaDNAError
+from mamba_dna.pipelines.pretrain.config import PretrainConfig
 
 app = typer.Typer(
     name="mamba-dna",
@@ -240,36 +241,39 @@ def embed_merge(
     typer.echo(str(merge(shards, out)))
 
 
+_PRETRAIN = PretrainConfig.defaults()  # pretrain flags default to None ("not given": --config wins)
+
+
 @app.command()
 def pretrain(
     inputs: list[str] = typer.Argument(None, help="FASTA files or one `tokenize` directory (not needed with --resume)."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory (an existing run is resumed)."),
     config: str = typer.Option(None, help="PretrainConfig JSON (e.g. another run's config.json)."),
     model_config: str = typer.Option(None, help="MambaConfig JSON or a model directory: the architecture."),
-    d_model: int = typer.Option(None, help="Model width [128]."),
-    n_layer: int = typer.Option(None, help="Number of Mamba blocks [2]."),
+    d_model: int = typer.Option(None, help=f"Model width [{_PRETRAIN['model']['d_model']}]."),
+    n_layer: int = typer.Option(None, help=f"Number of Mamba blocks [{_PRETRAIN['model']['n_layer']}]."),
     d_state: int = typer.Option(None, help="SSM state size N [16]."),
-    seq_len: int = typer.Option(None, help="Training window length in bp [1024]."),
+    seq_len: int = typer.Option(None, help=f"Training window length in bp [{_PRETRAIN['seq_len']}]."),
     seq_len_start: int = typer.Option(None, help="Sequence-length warmup: first length (doubles per stage)."),
     seq_warmup_steps: int = typer.Option(None, help="Steps spent below --seq-len (split over the stages)."),
-    steps: int = typer.Option(None, help="Optimizer steps [1000]."),
-    batch_size: int = typer.Option(None, help="Global windows per step, over all processes [16]."),
-    grad_accum: int = typer.Option(None, help="Micro-batches per step on each process [1]."),
-    lr: float = typer.Option(None, help="Peak learning rate [2e-3]."),
-    warmup_steps: int = typer.Option(None, help="Linear LR warmup steps, then cosine [50]."),
-    weight_decay: float = typer.Option(None, help="AdamW weight decay on matrices [0.1]."),
-    split_by: str = typer.Option(None, help="FASTA held-out split: 'block' (regions) or 'record' [block]."),
-    val_fraction: float = typer.Option(None, help="Share of blocks/records for validation [0.1]."),
-    eval_every: int = typer.Option(None, help="Validate every N steps [100]."),
-    eval_windows: int = typer.Option(None, help="Validation windows per evaluation [64]."),
-    checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps [100]."),
-    log_every: int = typer.Option(None, help="Training metrics row every N steps [10]."),
-    softmask_weight: float = typer.Option(None, help="Loss weight of soft-masked (lowercase) bases [1]."),
+    steps: int = typer.Option(None, help=f"Optimizer steps [{_PRETRAIN['steps']}]."),
+    batch_size: int = typer.Option(None, help=f"Global windows per step, over all processes [{_PRETRAIN['batch_size']}]."),
+    grad_accum: int = typer.Option(None, help=f"Micro-batches per step on each process [{_PRETRAIN['grad_accum']}]."),
+    lr: float = typer.Option(None, help=f"Peak learning rate [{_PRETRAIN['lr']:g}]."),
+    warmup_steps: int = typer.Option(None, help=f"Linear LR warmup steps, then cosine [{_PRETRAIN['warmup_steps']}]."),
+    weight_decay: float = typer.Option(None, help=f"AdamW weight decay on matrices [{_PRETRAIN['weight_decay']}]."),
+    split_by: str = typer.Option(None, help=f"FASTA held-out split: 'block' (regions) or 'record' [{_PRETRAIN['split_by']}]."),
+    val_fraction: float = typer.Option(None, help=f"Share of blocks/records for validation [{_PRETRAIN['val_fraction']}]."),
+    eval_every: int = typer.Option(None, help=f"Validate every N steps [{_PRETRAIN['eval_every']}]."),
+    eval_windows: int = typer.Option(None, help=f"Validation windows per evaluation [{_PRETRAIN['eval_windows']}]."),
+    checkpoint_every: int = typer.Option(None, help=f"Checkpoint every N steps [{_PRETRAIN['checkpoint_every']}]."),
+    log_every: int = typer.Option(None, help=f"Training metrics row every N steps [{_PRETRAIN['log_every']}]."),
+    softmask_weight: float = typer.Option(None, help=f"Loss weight of soft-masked (lowercase) bases [{_PRETRAIN['softmask_weight']:g}]."),
     rc_augment: bool = typer.Option(None, "--rc/--no-rc", help="Random strand per window [on]."),
     grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing", help="Recompute blocks in backward."),
-    device: str = typer.Option(None, help="auto, cpu, cuda [auto]."),
+    device: str = typer.Option(None, help=f"auto, cpu, cuda [{_PRETRAIN['device']}]."),
     precision: str = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16."),
-    seed: int = typer.Option(None, help="Seed of data order, strands and init [0]."),
+    seed: int = typer.Option(None, help=f"Seed of data order, strands and init [{_PRETRAIN['seed']}]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     stop_at: int = typer.Option(None, help="Checkpoint and exit 0 after this step (time-boxed jobs)."),
 ) -> None:
@@ -278,10 +282,12 @@ def pretrain(
     Validation bits per base are reported beside the best k-mer Markov model on the same
     held-out regions. SIGTERM/SIGINT/SIGUSR1: checkpoint at the next step, exit 0; rerun the
     same command (or --resume) to continue. Multi-GPU: torchrun --nproc_per_node=N -m mamba_dna pretrain ...
+    Prints the run directory on stdout.
 
     Example:  mamba-dna pretrain ecoli.fna.gz --out runs/ecoli --d-model 128 --n-layer 4 --seq-len 4096 --steps 2000
     """
-    from mamba_dna.pipelines.pretrain import config_from_cli, run_cli
+    from mamba_dna import distributed as mdist
+    from mamba_dna.pipelines.pretrain import config_from_cli, run
 
     cfg = config_from_cli(
         inputs or [], out, config, model_config,
@@ -294,7 +300,9 @@ def pretrain(
              rc_augment=rc_augment, grad_checkpointing=grad_checkpointing, device=device,
              precision=precision, seed=seed),
     )
-    run_cli(cfg, resume=resume, stop_at=stop_at)
+    result = run(cfg, resume=resume, stop_at=stop_at)
+    if mdist.detect().is_main:
+        typer.echo(result.run_dir)
 
 
 score_app = _command_group("score", "Zero-shot variant effect scores (LLR, DLL, embedding distance) for a VCF (`score merge` joins shards).")
