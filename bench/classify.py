@@ -73,7 +73,7 @@ def main():
         print(f"skip: {LABELS} not found (set MAMBA_DNA_DATA)")
         return
     from mamba_dna.pipelines.classify import ClassifyConfig, run_train
-    from mamba_dna.pipelines.finetune import FinetuneConfig
+    from mamba_dna.pipelines.classify import FinetuneConfig
 
     from mamba_dna.errors import InputError
     from mamba_dna.model import MambaConfig, MambaLM

@@ -14,6 +14,8 @@ import typer
 
 from mamba_dna import __version__
 from mamba_dna.errors import MambaDNAError
+from mamba_dna.pipelines.classify.config import ClassifyConfig, FinetuneConfig
+from mamba_dna.pipelines.demo.config import DemoConfig
 from mamba_dna.pipelines.pretrain.config import PretrainConfig
 
 app = typer.Typer(
@@ -426,46 +428,44 @@ def classify_train(
     labels: str = typer.Option(..., "--labels", help="TSV: 'file' column + label columns."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (classifiers, report)."),
     model: str = typer.Option(None, "--model", "-m", help="Model directory [k-mer baseline only]."),
-    label_column: str = typer.Option("species", "--label-column", help="Column holding the label."),
+    label_column: str = typer.Option(ClassifyConfig.label_column, "--label-column", help="Column holding the label."),
     group: str = typer.Option(None, "--group", help="Keep rows whose 'group' column equals this."),
     include: str = typer.Option(None, "--include", help="Regex on file path or label: keep matches."),
     label_from_record: str = typer.Option(None, "--label-from-record",
                                           help="Regex with one group on record names, e.g. '_(DENV[1-4])$'."),
-    window: int = typer.Option(4096, "--window", "-w", help="Window length in bp (<= 2^20)."),
-    split_by: str = typer.Option("block", "--split-by", help="record | block | file (hold out files)."),
-    block: int = typer.Option(0, "--block", help="Block size for block/file splits [--window]."),
-    per_class: int = typer.Option(64, "--per-class", help="Train windows per class (val/test: half)."),
-    max_length: int = typer.Option(1 << 20, "--max-length", help="Longest window in the length table."),
+    window: int = typer.Option(ClassifyConfig.window, "--window", "-w", help="Window length in bp (<= 2^20)."),
+    split_by: str = typer.Option(ClassifyConfig.split_by, "--split-by", help="record | block | file (hold out files)."),
+    block: int = typer.Option(ClassifyConfig.block, "--block", help="Block size for block/file splits [--window]."),
+    per_class: int = typer.Option(ClassifyConfig.per_class, "--per-class", help="Train windows per class (val/test: half)."),
+    max_length: int = typer.Option(ClassifyConfig.max_length, "--max-length", help="Longest window in the length table."),
     lengths: str = typer.Option(None, "--lengths", help="Length table windows, e.g. 1024,4096 [2^10 .. 2^20]."),
-    pool: str = typer.Option("mean", "--pool", help="mean | last | max."),
+    pool: str = typer.Option(ClassifyConfig.pool, "--pool", help="mean | last | max."),
     layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [final norm]."),
-    rc_average: bool = typer.Option(False, "--rc-average", help="Average both strands."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    rc_average: bool = typer.Option(ClassifyConfig.rc_average, "--rc-average", help="Average both strands."),
+    seed: int = typer.Option(ClassifyConfig.seed, "--seed"),
+    device: str = typer.Option(ClassifyConfig.device, "--device"),
     kmer_ks: str = typer.Option(None, "--kmer-ks", help="k values the k-mer baseline picks from on val [3,4,5,6]."),
     finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune the backbone end to end (last-token head)."),
-    steps: int = typer.Option(200, "--steps", help="--finetune: optimizer steps over all length stages."),
-    lr: float = typer.Option(6e-4, "--lr", help="--finetune: AdamW peak learning rate."),
-    batch_size: int = typer.Option(8, "--batch-size", help="--finetune: windows per step."),
+    steps: int = typer.Option(FinetuneConfig.steps, "--steps", help="--finetune: optimizer steps over all length stages."),
+    lr: float = typer.Option(FinetuneConfig.lr, "--lr", help="--finetune: AdamW peak learning rate."),
+    batch_size: int = typer.Option(FinetuneConfig.batch_size, "--batch-size", help="--finetune: windows per step."),
     warmup_lengths: str = typer.Option(None, "--warmup-lengths",
                                        help="--finetune: length stages below --window [doubling from 1024]."),
-    grad_checkpointing: str = typer.Option("auto", "--grad-checkpointing",
+    grad_checkpointing: str = typer.Option(FinetuneConfig.grad_checkpointing, "--grad-checkpointing",
                                            help="--finetune: auto (windows >= 16384) | on | off."),
-    finetune_table: bool = typer.Option(True, "--finetune-table/--no-finetune-table",
+    finetune_table: bool = typer.Option(FinetuneConfig.table, "--finetune-table/--no-finetune-table",
                                         help="--finetune: also fine-tune at every length-table row."),
-    finetune_pool: str = typer.Option("last", "--finetune-pool",
+    finetune_pool: str = typer.Option(FinetuneConfig.pool, "--finetune-pool",
                                       help="--finetune: head on the last token (the paper's) | mean."),
 ) -> None:
     """Train + test a window classifier and the k-mer baseline on the same split; write a report.
 
     Example:  mamba-dna classify train --labels species/labels.tsv --group bacteria --split-by file --window 4096 --model models/m --out cls/bacteria [--finetune --steps 400 --warmup-lengths 1024,2048]
     """
-    from mamba_dna.pipelines.classify import ClassifyConfig, format_report, run_train
+    from mamba_dna.pipelines.classify import format_report, run_train
 
     ft = None
     if finetune:
-        from mamba_dna.pipelines.finetune import FinetuneConfig
-
         ft = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                             warmup_lengths=_int_list(warmup_lengths, "--warmup-lengths"),
                             grad_checkpointing=grad_checkpointing, table=finetune_table,
@@ -501,7 +501,7 @@ def classify_predict(
 def classify_evaluate(
     labels: str = typer.Option(..., "--labels", help="TSV of labelled FASTA files."),
     classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model, OUT/kmer or OUT/finetuned from train."),
-    label_column: str = typer.Option("species", "--label-column"),
+    label_column: str = typer.Option(ClassifyConfig.label_column, "--label-column"),
     group: str = typer.Option(None, "--group"),
     include: str = typer.Option(None, "--include"),
     label_from_record: str = typer.Option(None, "--label-from-record"),
@@ -529,19 +529,19 @@ def classify_evaluate(
 
 @app.command()
 def demo(
-    out: str = typer.Option("runs/demo", "--out", "-o", help="Output directory (report.md, plots, model)."),
+    out: str = typer.Option(DemoConfig.out, "--out", "-o", help="Output directory (report.md, plots, model)."),
     data: str = typer.Option(None, "--data", help="Data folder [$MAMBA_DNA_DATA, else ../shared/data]."),
-    quick: bool = typer.Option(False, "--quick", help="Toy-scale run (< 1 min) that checks the plumbing."),
+    quick: bool = typer.Option(DemoConfig.quick, "--quick", help="Toy-scale run (< 1 min) that checks the plumbing."),
     minutes: float = typer.Option(None, "--minutes", help="Pretraining wall-clock budget [4]."),
     steps: int = typer.Option(None, "--steps", help="Pretraining steps instead of a time budget."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
+    device: str = typer.Option(DemoConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
     """The whole system on real genomes in minutes on a CPU: tokenize, pretrain, score, embed,
     classify, each beside its baseline; writes OUT/report.md and prints the headline figures.
 
     Example:  mamba-dna demo --out runs/demo --minutes 4
     """
-    from mamba_dna.pipelines.demo import DemoConfig, format_headline, run_demo
+    from mamba_dna.pipelines.demo import format_headline, run_demo
 
     res = run_demo(DemoConfig(out=out, data=data, quick=quick, minutes=minutes, steps=steps,
                               device=device))

@@ -417,7 +417,7 @@ class Pretrainer:
             run_dir=str(run), step=self.step, steps=cfg.steps, tokens=self.tokens,
             skipped_steps=self.skipped, world_size=self.world,
             best_val_bits_per_base=self.best_val / LN2 if math.isfinite(self.best_val) else None,
-            markov=self.baseline, stopped_by=self.stopped_by)
+            markov=self.baseline, stopped_by=self.stopped_by, parameters=self.n_params)
         if self.stopped_by is not None:
             if self.main:
                 log.info(f"stopped by {self.stopped_by} after step {self.step}/{cfg.steps}; checkpoint "
@@ -434,7 +434,6 @@ class Pretrainer:
             tps = [r["tokens_per_s"] for r in trs[1:]] or [r["tokens_per_s"] for r in trs]
             result.final_val_bits_per_base = vals[-1]["bits_per_base"] if vals else None
             result.train_tokens_per_s = float(np.median(tps)) if tps else None
-            result.parameters = self.n_params
             self.export()
             write_json(run / "summary.json", result.to_dict())
             log.info(f"done: model saved to {run / 'model'}")
