@@ -232,24 +232,11 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
         for stage, (L, n) in enumerate(zip(lengths, n_steps, strict=True)):
             if n == 0:
                 continue
-            per_class = -(-n * cfg.batch_size // len(classes))
-            pool = sample_windows(segs, "train", L, per_class, seed=cfg.seed + 1 + stage)
-            if pool is None:
-                raise InputError(f"fine-tuning stage {L} bp: some class has no train segment "
-                                 "that long", hint="use shorter --warmup-lengths or --window")
-            order = rng.permutation(len(pool))
             backbone.config.gradient_checkpointing = (
                 cfg.grad_checkpointing == "on"
                 or (cfg.grad_checkpointing == "auto" and L >= CKPT_AUTO_FROM))
             seen, correct, loss_sum = 0, 0, 0.0
-            for i in range(n):
-                rows = order[(i * cfg.batch_size + np.arange(cfg.batch_size)) % len(pool)]
-                seqs = [cache.tokens(pool.file[r], pool.record[r], int(pool.start[r]),
-                                     int(pool.start[r]) + L) for r in rows]  # each (L,) uint8
-                if cfg.rc_augment:
-                    seqs = [reverse_complement(s) if rng.random() < 0.5 else s for s in seqs]
-                ids = torch.from_numpy(np.stack(seqs).astype(np.int64)).to(dev)  # (batch, L)
-                y = torch.tensor([index[pool.label[r]] for r in rows], device=dev)  # (batch,)
+            for ids, y in _stage_batches(segs, stage, L, n, cfg, cache, rng, index, dev):
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg)
                 with autocast:
@@ -261,9 +248,9 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
                     nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
                 opt.step()
                 step += 1
-                seen += len(rows)
+                seen += len(y)
                 correct += int((logits.argmax(1) == y).sum())
-                loss_sum += loss.item() * len(rows)
+                loss_sum += loss.item() * len(y)
                 prog.advance(1, note=f"{L} bp, loss {loss.item():.3f}")
             log.info(f"fine-tune stage {stage + 1}/{len(lengths)} ({L} bp, {n} steps): train loss "
                      f"{loss_sum / seen:.3f}, train accuracy {correct / seen:.3f}")
@@ -271,6 +258,27 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
     net.eval()
     return FinetunedClassifier(net, classes, window=window, rc_average=rc_average,
                                eval_batch=cfg.eval_batch)
+
+
+def _stage_batches(segs: Sequence, stage: int, L: int, n: int, cfg: FinetuneConfig, cache,
+                   rng: np.random.Generator, index: dict, dev: torch.device):
+    """The `n` batches of one length stage: fresh balanced train windows of L bp, each on a
+    random strand when rc_augment. Yields (ids (batch, L) int64, labels (batch,) int64)."""
+    per_class = -(-n * cfg.batch_size // len(index))
+    pool = sample_windows(segs, "train", L, per_class, seed=cfg.seed + 1 + stage)
+    if pool is None:
+        raise InputError(f"fine-tuning stage {L} bp: some class has no train segment "
+                         "that long", hint="use shorter --warmup-lengths or --window")
+    order = rng.permutation(len(pool))
+    for i in range(n):
+        rows = order[(i * cfg.batch_size + np.arange(cfg.batch_size)) % len(pool)]
+        seqs = [cache.tokens(pool.file[r], pool.record[r], int(pool.start[r]),
+                             int(pool.start[r]) + L) for r in rows]  # each (L,) uint8
+        if cfg.rc_augment:
+            seqs = [reverse_complement(s) if rng.random() < 0.5 else s for s in seqs]
+        ids = torch.from_numpy(np.stack(seqs).astype(np.int64)).to(dev)  # (batch, L)
+        y = torch.tensor([index[pool.label[r]] for r in rows], device=dev)  # (batch,)
+        yield ids, y
 
 
 def fit_eval_finetuned(model_dir: str | os.PathLike, segs: Sequence, windows: dict, cache,

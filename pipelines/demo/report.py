@@ -29,6 +29,18 @@ def write_report(res: dict, out: Path) -> Path:
           f"total wall time {res['total_seconds']:.0f} s"
           + (f" (load average at the end {res['load_end']:.1f})" if res.get("load_end") is not None else "")
           + ".", ""]
+    for section in (_data_section(tk, out), _pretrain_section(c, pt, out), _score_section(sc, out),
+                    _embed_section(em, out), _classify_section(c, cl, out), _timings_section(res),
+                    NOTES):
+        L += section
+    path = out / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(L))
+    return path
+
+
+def _data_section(tk: dict, out: Path) -> list[str]:
+    L: list[str] = []
     L += ["## 1. Data and tokenization", "",
           f"Pretraining corpus: {len(tk['files'])} FASTA files, {tk['bases']:,} bp (one reference "
           "genome per virus species, no dengue; three mitochondrial genomes). Windows of "
@@ -36,6 +48,11 @@ def write_report(res: dict, out: Path) -> Path:
           "(regions held out, not records): "
           + ", ".join(f"{k} {v:,}" for k, v in tk["windows"].items()) + " windows.", "",
           "Files: " + ", ".join(f"`{f}`" for f in tk["files"]), ""]
+    return L
+
+
+def _pretrain_section(c: dict, pt: dict, out: Path) -> list[str]:
+    L: list[str] = []
     cal = pt["calibration"]
     budget = (f"a {pt['budget_minutes']:g}-minute budget (calibrated: {cal['step_s']:.2f} s per step, "
               f"first step {cal['first_step_s']:.1f} s)" if cal else f"a fixed {pt['planned_steps']} steps")
@@ -58,6 +75,11 @@ def write_report(res: dict, out: Path) -> Path:
           "the corpus, so a held-out region has no copy in training (three ebolavirus species "
           "and human/chimpanzee mtDNA are related, for both models alike).", "",
           f"![training curve]({_rel(pt['curve'], out)})", ""]
+    return L
+
+
+def _score_section(sc: dict, out: Path) -> list[str]:
+    L: list[str] = []
     L += ["## 3. Zero-shot variant effect scores", "",
           "LLR = log P(alt) - log P(ref) at the SNV given its context, both strands averaged "
           "(one streaming pass per strand, the fast path). SARS-CoV-2: Spearman rho of LLR vs "
@@ -80,6 +102,11 @@ def write_report(res: dict, out: Path) -> Path:
           "Chance is rho 0 / AUROC 0.5. Where a model's figure is close to Markov-0's, its LLR "
           "says little beyond base composition.", "",
           f"![score distributions]({_rel(sc['plot'], out)})", ""]
+    return L
+
+
+def _embed_section(em: dict, out: Path) -> list[str]:
+    L: list[str] = []
     L += ["## 4. Embeddings", "",
           f"`{_rel(em['h5'], out)}`: {em['n']} dengue genomes ({em['bp']:,} bp), mean-pooled final "
           f"hidden state (d = {em['d']}), forward strand; no dengue genome was in pretraining"
@@ -90,6 +117,11 @@ def write_report(res: dict, out: Path) -> Path:
           f"| Mamba embeddings | {fmt(em['loo_1nn_model'])} |",
           f"| 4-mer profiles (baseline) | {fmt(em['loo_1nn_kmer'])} |", "",
           f"![PCA of embeddings]({_rel(em['plot'], out)})", ""]
+    return L
+
+
+def _classify_section(c: dict, cl: dict, out: Path) -> list[str]:
+    L: list[str] = []
     L += ["## 5. Species classification", "",
           f"Dengue serotype (labels from record names) from one {cl['window']:,} bp window; "
           "whole genomes held out for validation and test (`classify train --split-by record`), "
@@ -109,23 +141,27 @@ def write_report(res: dict, out: Path) -> Path:
         L.append(f"| {r['window']:,} | {fmt(r.get('model_accuracy'))} | {fmt(r.get('kmer_accuracy'))} "
                  f"| {r.get('kmer_k', '')} | {r.get('n_train_per_class', '')} |")
     L += ["", f"![accuracy vs window length]({_rel(cl['plots']['accuracy_vs_length'], out)})", ""]
+    return L
+
+
+def _timings_section(res: dict) -> list[str]:
+    L: list[str] = []
     L += ["## 6. Timings", "", "Wall-clock and CPU seconds (all threads of the process; "
           "on a shared machine the wall time depends on the load, the CPU time much less).", "",
           "| stage | wall s | CPU s |", "|---|---|---|"]
     L += [f"| {k} | {v:.1f} | {res['stage_cpu_seconds'].get(k, float('nan')):.1f} |"
           for k, v in res["stage_seconds"].items()]
     L += [f"| total | {res['total_seconds']:.1f} | {res['total_cpu_seconds']:.1f} |", ""]
-    L += ["## Notes", "",
-          "- A few CPU minutes of pretraining make a small model: compare each figure with its "
-          "baseline on the same data, not with published models trained for GPU-days.",
-          "- k-mer statistics are strong on these tasks; the Markov and k-mer rows say what "
-          "counting alone gets.",
-          "- Re-run with a bigger budget: `mamba-dna demo --minutes 30`, or use the commands "
-          "themselves (`mamba-dna tokenize / pretrain / score / embed / classify`).", ""]
-    path = out / "report.md"
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(L))
-    return path
+    return L
+
+
+NOTES = ["## Notes", "",
+      "- A few CPU minutes of pretraining make a small model: compare each figure with its "
+      "baseline on the same data, not with published models trained for GPU-days.",
+      "- k-mer statistics are strong on these tasks; the Markov and k-mer rows say what "
+      "counting alone gets.",
+      "- Re-run with a bigger budget: `mamba-dna demo --minutes 30`, or use the commands "
+      "themselves (`mamba-dna tokenize / pretrain / score / embed / classify`).", ""]
 
 
 def headline(res: dict) -> dict:

@@ -47,10 +47,11 @@ def stage_tokenize(cfg: DemoConfig, data: Path, out: Path) -> dict:
 
 
 def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
+    """A small model for the time budget (or fixed steps); a run stopped at the hard deadline
+    is exported as it stands (Pretrainer.export)."""
     from dataclasses import replace
 
-    from mamba_dna.pipelines.pretrain import PretrainConfig, Pretrainer, calibrate
-    from mamba_dna.pipelines.pretrain.rundir import read_metrics
+    from mamba_dna.pipelines.pretrain import PretrainConfig, Pretrainer, calibrate, read_metrics
 
     from mamba_dna import distributed as mdist
 
@@ -64,18 +65,8 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
     )
     device = resolve_device(cfg.device)
     minutes = cfg.minutes if cfg.minutes is not None else (None if cfg.steps else p.minutes)
-    cal = None
-    if minutes is not None:
-        cal = calibrate(pcfg, device)
-        budget = minutes * 60.0
-        steps = int((budget - (p.n_evals + 1) * cal["eval_s"]) / cal["step_s"])
-        steps = max(p.min_steps, steps)
-        log.info(f"calibration on {device}: first step {cal['first_step_s']:.1f}s (kernel "
-                 f"compilation), then {cal['step_s']:.2f}s per step of {p.batch_size} x "
-                 f"{p.seq_len} bp, {cal['eval_s']:.1f}s per validation pass -> {steps} steps "
-                 f"for {minutes:g} min")
-    else:
-        steps = cfg.steps or p.steps
+    cal = calibrate(pcfg, device) if minutes is not None else None
+    steps = _budget_steps(cfg, cal, minutes, device)
     pcfg = replace(pcfg, steps=steps, warmup_steps=max(1, steps // 10),
                    eval_every=max(1, steps // p.n_evals),
                    checkpoint_every=steps)  # checkpoints are not the demo's point: final (+ best) only
@@ -118,6 +109,20 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
         "markov_order": base.get("order"), "markov_bits_per_base": base.get("bits_per_base"),
         "device": str(device),
     }
+
+
+def _budget_steps(cfg: DemoConfig, cal: dict | None, minutes: float | None, device) -> int:
+    """Pretraining steps: what fits `minutes` by the calibration, else --steps or the preset's."""
+    p = cfg.preset
+    if minutes is None:
+        return cfg.steps or p.steps
+    steps = int((minutes * 60.0 - (p.n_evals + 1) * cal["eval_s"]) / cal["step_s"])
+    steps = max(p.min_steps, steps)
+    log.info(f"calibration on {device}: first step {cal['first_step_s']:.1f}s (kernel "
+             f"compilation), then {cal['step_s']:.2f}s per step of {p.batch_size} x "
+             f"{p.seq_len} bp, {cal['eval_s']:.1f}s per validation pass -> {steps} steps "
+             f"for {minutes:g} min")
+    return steps
 
 
 def _corpus_markov(shards: Path, order: int):

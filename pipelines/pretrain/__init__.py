@@ -12,7 +12,7 @@ The recipe (`Pretrainer`, trainer.py) reads top to bottom:
 
 Files: config.py (PretrainConfig), data.py (windows, batches, strands), trainer.py (the
 recipe), evaluate.py (validation loss), markov.py (the baseline), rundir.py (run directory,
-checkpoints, metrics rows), report.py (curves.png), calibrate.py (step timing).
+checkpoints, metrics rows), report.py (curves.png), timing.py (calibrate: step timing).
 
 Run directory:
     config.json          this PretrainConfig (what --resume reads back)
@@ -33,8 +33,9 @@ _PUBLIC = {
     "WindowData": "data", "load_data": "data", "make_batch": "data", "strand_flips": "data",
     "join_windows": "markov",
     "CKPT_FORMAT": "rundir", "checkpoint_paths": "rundir", "load_checkpoint": "rundir",
+    "read_metrics": "rundir",
     "Pretrainer": "trainer", "PretrainResult": "trainer", "build_model": "trainer", "run": "trainer",
-    "calibrate": "calibrate",
+    "calibrate": "timing",
 }
 __all__ = sorted(_PUBLIC)
 

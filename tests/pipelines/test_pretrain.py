@@ -237,6 +237,23 @@ def test_run_outputs_and_exact_resume(fasta, tmp_path):
     assert again.step == 6
 
 
+def test_export_turns_a_stopped_run_into_a_model(fasta, tmp_path):
+    from mamba_dna.model import MambaLM
+
+    trainer = pt.Pretrainer(tiny(fasta, tmp_path / "stopped"), stop_at=4)
+    result = trainer.run()
+    assert result.stopped_by == "--stop-at 4" and result.step == 4 and result.parameters > 0
+    assert not (tmp_path / "stopped" / "model").exists()
+    model_dir = trainer.export()
+    assert model_dir == tmp_path / "stopped" / "model"
+    last = rows(tmp_path / "stopped")[-1]
+    assert last["split"] == "val" and last["step"] == 4 and last["stopped_early"] is True
+    assert 0 < last["bits_per_base"] < 4
+    exported = MambaLM.from_pretrained(model_dir).state_dict()
+    for k, v in trainer.model.state_dict().items():  # the weights in memory, as they stood
+        torch.testing.assert_close(exported[k], v.cpu(), rtol=0, atol=0, msg=k)
+
+
 def test_non_finite_steps_are_skipped_then_stop(fasta, tmp_path):
     def poison(step, info):
         if step == 2:
