@@ -33,7 +33,7 @@ data.py (labels, segments, windows), report.py (metrics, confusion, report.md), 
 train`), predict.py (`classify predict` / `evaluate`).
 """
 
-import importlib
+from mamba_dna.lazy import lazy_getattr
 
 # name -> module; imported on first use, so the CLI reads the configs without torch.
 _PUBLIC = {
@@ -51,8 +51,4 @@ _PUBLIC = {
 }
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)

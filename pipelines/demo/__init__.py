@@ -34,7 +34,7 @@ Files: config.py (DemoConfig, presets, data files), data.py (finding the data), 
 function per stage), plots.py, report.py (report.md, headline), run.py (run_demo).
 """
 
-import importlib
+from mamba_dna.lazy import lazy_getattr
 
 # name -> module; imported on first use, so the CLI reads DemoConfig without torch.
 _PUBLIC = {
@@ -47,8 +47,4 @@ _PUBLIC = {
 }
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)

@@ -24,7 +24,7 @@ Run directory:
     summary.json         final figures (PretrainResult)
 """
 
-import importlib
+from mamba_dna.lazy import lazy_getattr
 
 # name -> module: the package imports torch only when one of these is first used, so the CLI
 # can read PretrainConfig's defaults (config.py is light) without paying for torch.
@@ -39,8 +39,4 @@ _PUBLIC = {
 }
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)
