@@ -90,24 +90,26 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
     elif result.stopped_by:
         raise MambaDNAError(f"demo: pretraining stopped by {result.stopped_by} at step "
                             f"{result.step}; the partial run is in {out}")
-    rows = read_metrics(out)
+    return {"dir": str(out), "model_dir": str(out / "model"), "curve": str(out / "curves.png"),
+            "d_model": p.d_model, "n_layer": p.n_layer, "parameters": result.parameters,
+            "steps": int(result.step), "planned_steps": steps, "tokens": int(result.tokens),
+            "seq_len": p.seq_len, "batch_size": p.batch_size, "seconds": round(train_s, 1),
+            "budget_minutes": minutes, "calibration": cal, "tokens_per_s": result.train_tokens_per_s,
+            **_curve_figures(read_metrics(out)),
+            "markov_order": (result.markov or {}).get("order"),
+            "markov_bits_per_base": (result.markov or {}).get("bits_per_base"), "device": str(device)}
+
+
+def _curve_figures(rows: list[dict]) -> dict:
+    """The validation and training figures the report quotes, from metrics.jsonl rows."""
     vals = [r for r in rows if r.get("split") == "val"]
     trains = [r for r in rows if r.get("split") == "train"]
-    base = result.markov or {}
     return {
-        "dir": str(out), "model_dir": str(out / "model"), "curve": str(out / "curves.png"),
-        "d_model": p.d_model, "n_layer": p.n_layer, "parameters": result.parameters,
-        "steps": int(result.step), "planned_steps": steps, "tokens": int(result.tokens),
-        "seq_len": p.seq_len, "batch_size": p.batch_size, "seconds": round(train_s, 1),
-        "budget_minutes": minutes, "calibration": cal,
-        "tokens_per_s": result.train_tokens_per_s,
         "val_bits_per_base": vals[-1]["bits_per_base"] if vals else None,
         "best_val_bits_per_base": min((r["bits_per_base"] for r in vals), default=None),
         "first_val_bits_per_base": vals[0]["bits_per_base"] if vals else None,
         "last_train_bits_per_base": trains[-1]["bits_per_base"] if trains else None,
         "val_bases": vals[-1]["val_bases"] if vals else None,
-        "markov_order": base.get("order"), "markov_bits_per_base": base.get("bits_per_base"),
-        "device": str(device),
     }
 
 

@@ -61,7 +61,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> PretrainConfig:
+    def validate(self) -> None:
         def need(ok: bool, msg: str, hint: str | None = None):
             if not ok:
                 raise ConfigError(f"pretrain: {msg}", hint=hint)
@@ -84,7 +84,6 @@ class PretrainConfig:
              "seq_warmup_steps > 0 needs --seq-len-start below --seq-len")
         need(self.seq_warmup_steps < self.steps or len(lengths) == 1,
              f"seq_warmup_steps {self.seq_warmup_steps} must be below --steps {self.steps}")
-        return self
 
     # -- schedules
 
