@@ -72,8 +72,7 @@ def main():
     if not LABELS.exists():
         print(f"skip: {LABELS} not found (set MAMBA_DNA_DATA)")
         return
-    from mamba_dna.pipelines.classify import ClassifyConfig, run_train
-    from mamba_dna.pipelines.finetune import FinetuneConfig
+    from mamba_dna.pipelines.classify import ClassifyConfig, FinetuneConfig, run_train
 
     from mamba_dna.errors import InputError
     from mamba_dna.model import MambaConfig, MambaLM

@@ -53,9 +53,8 @@ def _child(impl: str, L: int, d_model: int, n_layer: int, reps: int, ckpt: bool)
     tok = torch.from_numpy(ids_np.astype("int64"))[None]  # (1, L)
     inp, tgt = tok[:, :-1], tok[:, 1:]  # (1, L-1)
     if impl == "ours":
-        from mamba_dna.pipelines.pretrain import param_groups
-
         from mamba_dna.model import MambaConfig, MambaLM
+        from mamba_dna.training import param_groups
 
         model = MambaLM(MambaConfig(d_model=d_model, n_layer=n_layer, gradient_checkpointing=ckpt))
         opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95))

@@ -16,6 +16,9 @@ from mamba_dna import __version__
 from mamba_dna.errors import MambaDNAError
 from mamba_dna.pipelines.embed.config import EmbedConfig  # (light: the defaults of the options)
 from mamba_dna.pipelines.score.config import ScoreConfig
+from mamba_dna.pipelines.classify.config import ClassifyConfig, FinetuneConfig
+from mamba_dna.pipelines.demo.config import DemoConfig
+from mamba_dna.pipelines.pretrain.config import PretrainConfig
 
 app = typer.Typer(
     name="mamba-dna",
@@ -240,36 +243,39 @@ def embed_merge(
     typer.echo(str(merge(shards, out)))
 
 
+_PRETRAIN = PretrainConfig.defaults()  # pretrain flags default to None ("not given": --config wins)
+
+
 @app.command()
 def pretrain(
     inputs: list[str] = typer.Argument(None, help="FASTA files or one `tokenize` directory (not needed with --resume)."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory (an existing run is resumed)."),
     config: str = typer.Option(None, help="PretrainConfig JSON (e.g. another run's config.json)."),
     model_config: str = typer.Option(None, help="MambaConfig JSON or a model directory: the architecture."),
-    d_model: int = typer.Option(None, help="Model width [128]."),
-    n_layer: int = typer.Option(None, help="Number of Mamba blocks [2]."),
+    d_model: int = typer.Option(None, help=f"Model width [{_PRETRAIN['model']['d_model']}]."),
+    n_layer: int = typer.Option(None, help=f"Number of Mamba blocks [{_PRETRAIN['model']['n_layer']}]."),
     d_state: int = typer.Option(None, help="SSM state size N [16]."),
-    seq_len: int = typer.Option(None, help="Training window length in bp [1024]."),
+    seq_len: int = typer.Option(None, help=f"Training window length in bp [{_PRETRAIN['seq_len']}]."),
     seq_len_start: int = typer.Option(None, help="Sequence-length warmup: first length (doubles per stage)."),
     seq_warmup_steps: int = typer.Option(None, help="Steps spent below --seq-len (split over the stages)."),
-    steps: int = typer.Option(None, help="Optimizer steps [1000]."),
-    batch_size: int = typer.Option(None, help="Global windows per step, over all processes [16]."),
-    grad_accum: int = typer.Option(None, help="Micro-batches per step on each process [1]."),
-    lr: float = typer.Option(None, help="Peak learning rate [2e-3]."),
-    warmup_steps: int = typer.Option(None, help="Linear LR warmup steps, then cosine [50]."),
-    weight_decay: float = typer.Option(None, help="AdamW weight decay on matrices [0.1]."),
-    split_by: str = typer.Option(None, help="FASTA held-out split: 'block' (regions) or 'record' [block]."),
-    val_fraction: float = typer.Option(None, help="Share of blocks/records for validation [0.1]."),
-    eval_every: int = typer.Option(None, help="Validate every N steps [100]."),
-    eval_windows: int = typer.Option(None, help="Validation windows per evaluation [64]."),
-    checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps [100]."),
-    log_every: int = typer.Option(None, help="Training metrics row every N steps [10]."),
-    softmask_weight: float = typer.Option(None, help="Loss weight of soft-masked (lowercase) bases [1]."),
+    steps: int = typer.Option(None, help=f"Optimizer steps [{_PRETRAIN['steps']}]."),
+    batch_size: int = typer.Option(None, help=f"Global windows per step, over all processes [{_PRETRAIN['batch_size']}]."),
+    grad_accum: int = typer.Option(None, help=f"Micro-batches per step on each process [{_PRETRAIN['grad_accum']}]."),
+    lr: float = typer.Option(None, help=f"Peak learning rate [{_PRETRAIN['lr']:g}]."),
+    warmup_steps: int = typer.Option(None, help=f"Linear LR warmup steps, then cosine [{_PRETRAIN['warmup_steps']}]."),
+    weight_decay: float = typer.Option(None, help=f"AdamW weight decay on matrices [{_PRETRAIN['weight_decay']}]."),
+    split_by: str = typer.Option(None, help=f"FASTA held-out split: 'block' (regions) or 'record' [{_PRETRAIN['split_by']}]."),
+    val_fraction: float = typer.Option(None, help=f"Share of blocks/records for validation [{_PRETRAIN['val_fraction']}]."),
+    eval_every: int = typer.Option(None, help=f"Validate every N steps [{_PRETRAIN['eval_every']}]."),
+    eval_windows: int = typer.Option(None, help=f"Validation windows per evaluation [{_PRETRAIN['eval_windows']}]."),
+    checkpoint_every: int = typer.Option(None, help=f"Checkpoint every N steps [{_PRETRAIN['checkpoint_every']}]."),
+    log_every: int = typer.Option(None, help=f"Training metrics row every N steps [{_PRETRAIN['log_every']}]."),
+    softmask_weight: float = typer.Option(None, help=f"Loss weight of soft-masked (lowercase) bases [{_PRETRAIN['softmask_weight']:g}]."),
     rc_augment: bool = typer.Option(None, "--rc/--no-rc", help="Random strand per window [on]."),
     grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing", help="Recompute blocks in backward."),
-    device: str = typer.Option(None, help="auto, cpu, cuda [auto]."),
+    device: str = typer.Option(None, help=f"auto, cpu, cuda [{_PRETRAIN['device']}]."),
     precision: str = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16."),
-    seed: int = typer.Option(None, help="Seed of data order, strands and init [0]."),
+    seed: int = typer.Option(None, help=f"Seed of data order, strands and init [{_PRETRAIN['seed']}]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     stop_at: int = typer.Option(None, help="Checkpoint and exit 0 after this step (time-boxed jobs)."),
 ) -> None:
@@ -278,10 +284,12 @@ def pretrain(
     Validation bits per base are reported beside the best k-mer Markov model on the same
     held-out regions. SIGTERM/SIGINT/SIGUSR1: checkpoint at the next step, exit 0; rerun the
     same command (or --resume) to continue. Multi-GPU: torchrun --nproc_per_node=N -m mamba_dna pretrain ...
+    Prints the run directory on stdout.
 
     Example:  mamba-dna pretrain ecoli.fna.gz --out runs/ecoli --d-model 128 --n-layer 4 --seq-len 4096 --steps 2000
     """
-    from mamba_dna.pipelines.pretrain import config_from_cli, run_cli
+    from mamba_dna import distributed as mdist
+    from mamba_dna.pipelines.pretrain import config_from_cli, run
 
     cfg = config_from_cli(
         inputs or [], out, config, model_config,
@@ -294,7 +302,9 @@ def pretrain(
              rc_augment=rc_augment, grad_checkpointing=grad_checkpointing, device=device,
              precision=precision, seed=seed),
     )
-    run_cli(cfg, resume=resume, stop_at=stop_at)
+    result = run(cfg, resume=resume, stop_at=stop_at)
+    if mdist.detect().is_main:
+        typer.echo(result.run_dir)
 
 
 def _emb_layer_text(layer: int | None) -> str:
@@ -421,46 +431,44 @@ def classify_train(
     labels: str = typer.Option(..., "--labels", help="TSV: 'file' column + label columns."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (classifiers, report)."),
     model: str = typer.Option(None, "--model", "-m", help="Model directory [k-mer baseline only]."),
-    label_column: str = typer.Option("species", "--label-column", help="Column holding the label."),
+    label_column: str = typer.Option(ClassifyConfig.label_column, "--label-column", help="Column holding the label."),
     group: str = typer.Option(None, "--group", help="Keep rows whose 'group' column equals this."),
     include: str = typer.Option(None, "--include", help="Regex on file path or label: keep matches."),
     label_from_record: str = typer.Option(None, "--label-from-record",
                                           help="Regex with one group on record names, e.g. '_(DENV[1-4])$'."),
-    window: int = typer.Option(4096, "--window", "-w", help="Window length in bp (<= 2^20)."),
-    split_by: str = typer.Option("block", "--split-by", help="record | block | file (hold out files)."),
-    block: int = typer.Option(0, "--block", help="Block size for block/file splits [--window]."),
-    per_class: int = typer.Option(64, "--per-class", help="Train windows per class (val/test: half)."),
-    max_length: int = typer.Option(1 << 20, "--max-length", help="Longest window in the length table."),
+    window: int = typer.Option(ClassifyConfig.window, "--window", "-w", help="Window length in bp (<= 2^20)."),
+    split_by: str = typer.Option(ClassifyConfig.split_by, "--split-by", help="record | block | file (hold out files)."),
+    block: int = typer.Option(ClassifyConfig.block, "--block", help="Block size for block/file splits [--window]."),
+    per_class: int = typer.Option(ClassifyConfig.per_class, "--per-class", help="Train windows per class (val/test: half)."),
+    max_length: int = typer.Option(ClassifyConfig.max_length, "--max-length", help="Longest window in the length table."),
     lengths: str = typer.Option(None, "--lengths", help="Length table windows, e.g. 1024,4096 [2^10 .. 2^20]."),
-    pool: str = typer.Option("mean", "--pool", help="mean | last | max."),
+    pool: str = typer.Option(ClassifyConfig.pool, "--pool", help="mean | last | max."),
     layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [final norm]."),
-    rc_average: bool = typer.Option(False, "--rc-average", help="Average both strands."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    rc_average: bool = typer.Option(ClassifyConfig.rc_average, "--rc-average", help="Average both strands."),
+    seed: int = typer.Option(ClassifyConfig.seed, "--seed"),
+    device: str = typer.Option(ClassifyConfig.device, "--device"),
     kmer_ks: str = typer.Option(None, "--kmer-ks", help="k values the k-mer baseline picks from on val [3,4,5,6]."),
     finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune the backbone end to end (last-token head)."),
-    steps: int = typer.Option(200, "--steps", help="--finetune: optimizer steps over all length stages."),
-    lr: float = typer.Option(6e-4, "--lr", help="--finetune: AdamW peak learning rate."),
-    batch_size: int = typer.Option(8, "--batch-size", help="--finetune: windows per step."),
+    steps: int = typer.Option(FinetuneConfig.steps, "--steps", help="--finetune: optimizer steps over all length stages."),
+    lr: float = typer.Option(FinetuneConfig.lr, "--lr", help="--finetune: AdamW peak learning rate."),
+    batch_size: int = typer.Option(FinetuneConfig.batch_size, "--batch-size", help="--finetune: windows per step."),
     warmup_lengths: str = typer.Option(None, "--warmup-lengths",
                                        help="--finetune: length stages below --window [doubling from 1024]."),
-    grad_checkpointing: str = typer.Option("auto", "--grad-checkpointing",
+    grad_checkpointing: str = typer.Option(FinetuneConfig.grad_checkpointing, "--grad-checkpointing",
                                            help="--finetune: auto (windows >= 16384) | on | off."),
-    finetune_table: bool = typer.Option(True, "--finetune-table/--no-finetune-table",
+    finetune_table: bool = typer.Option(FinetuneConfig.table, "--finetune-table/--no-finetune-table",
                                         help="--finetune: also fine-tune at every length-table row."),
-    finetune_pool: str = typer.Option("last", "--finetune-pool",
+    finetune_pool: str = typer.Option(FinetuneConfig.pool, "--finetune-pool",
                                       help="--finetune: head on the last token (the paper's) | mean."),
 ) -> None:
     """Train + test a window classifier and the k-mer baseline on the same split; write a report.
 
     Example:  mamba-dna classify train --labels species/labels.tsv --group bacteria --split-by file --window 4096 --model models/m --out cls/bacteria [--finetune --steps 400 --warmup-lengths 1024,2048]
     """
-    from mamba_dna.pipelines.classify import ClassifyConfig, format_report, run_train
+    from mamba_dna.pipelines.classify import format_report, run_train
 
     ft = None
     if finetune:
-        from mamba_dna.pipelines.finetune import FinetuneConfig
-
         ft = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                             warmup_lengths=_int_list(warmup_lengths, "--warmup-lengths"),
                             grad_checkpointing=grad_checkpointing, table=finetune_table,
@@ -496,7 +504,7 @@ def classify_predict(
 def classify_evaluate(
     labels: str = typer.Option(..., "--labels", help="TSV of labelled FASTA files."),
     classifier: str = typer.Option(..., "--classifier", "-c", help="OUT/model, OUT/kmer or OUT/finetuned from train."),
-    label_column: str = typer.Option("species", "--label-column"),
+    label_column: str = typer.Option(ClassifyConfig.label_column, "--label-column"),
     group: str = typer.Option(None, "--group"),
     include: str = typer.Option(None, "--include"),
     label_from_record: str = typer.Option(None, "--label-from-record"),
@@ -524,19 +532,19 @@ def classify_evaluate(
 
 @app.command()
 def demo(
-    out: str = typer.Option("runs/demo", "--out", "-o", help="Output directory (report.md, plots, model)."),
+    out: str = typer.Option(DemoConfig.out, "--out", "-o", help="Output directory (report.md, plots, model)."),
     data: str = typer.Option(None, "--data", help="Data folder [$MAMBA_DNA_DATA, else ../shared/data]."),
-    quick: bool = typer.Option(False, "--quick", help="Toy-scale run (< 1 min) that checks the plumbing."),
+    quick: bool = typer.Option(DemoConfig.quick, "--quick", help="Toy-scale run (< 1 min) that checks the plumbing."),
     minutes: float = typer.Option(None, "--minutes", help="Pretraining wall-clock budget [4]."),
     steps: int = typer.Option(None, "--steps", help="Pretraining steps instead of a time budget."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K."),
+    device: str = typer.Option(DemoConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
     """The whole system on real genomes in minutes on a CPU: tokenize, pretrain, score, embed,
     classify, each beside its baseline; writes OUT/report.md and prints the headline figures.
 
     Example:  mamba-dna demo --out runs/demo --minutes 4
     """
-    from mamba_dna.pipelines.demo import DemoConfig, format_headline, run_demo
+    from mamba_dna.pipelines.demo import format_headline, run_demo
 
     res = run_demo(DemoConfig(out=out, data=data, quick=quick, minutes=minutes, steps=steps,
                               device=device))

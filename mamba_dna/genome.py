@@ -921,11 +921,6 @@ class GenomeWindows:
                     continue
                 yield seg, split, _window_starts(seg, sp.length, sp.stride, sp.pad)
 
-    def n_candidates(self) -> int:
-        """Windows before the N filter (an upper bound on what iteration yields)."""
-        k = 2 if self.spec.strands == "both" else 1
-        return k * sum(len(starts) for _, _, starts in self.plan())
-
     def __iter__(self) -> Iterator[Window]:
         for seg, _split, starts in self.plan():
             yield from self.windows_in(seg, starts)

@@ -348,9 +348,6 @@ class ResumableSampler:
         perm = perm[: self.per_rank() * self.world_size]
         return perm[self.rank :: self.world_size]
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.batch_in_epoch = int(epoch), 0
-
     def __iter__(self) -> Iterator[list[int]]:
         if self.batch_in_epoch >= len(self):  # the previous epoch was finished
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0

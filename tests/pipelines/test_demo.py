@@ -228,15 +228,15 @@ def test_data_search_order(tmp_path, monkeypatch):
     cwd = tmp_path / "checkout"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    assert [p for p, _ in D._candidates(None)] == [REPO.parent / "shared" / "data",
+    assert [p for p, _ in D.data_candidates(None)] == [REPO.parent / "shared" / "data",
                                                    tmp_path / "shared" / "data"]
 
 
 def test_options_are_checked(tmp_path):
     with pytest.raises(Exception, match="not both"):
-        D.DemoConfig(minutes=1, steps=5).resolved()
+        D.DemoConfig(minutes=1, steps=5)
     with pytest.raises(Exception, match="positive"):
-        D.DemoConfig(minutes=0).resolved()
+        D.DemoConfig(minutes=0)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("user file")
     data = make_data(tmp_path / "data")

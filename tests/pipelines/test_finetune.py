@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from mamba_dna.pipelines import classify as C
-from mamba_dna.pipelines import finetune as F
+from mamba_dna.pipelines.classify import finetune as F
 
 from mamba_dna.cli import main
 from mamba_dna.errors import ConfigError, InputError
@@ -44,7 +44,7 @@ def task(tmp_path_factory):
     MambaLM(MambaConfig(d_model=16, n_layer=1, d_state=4)).save_pretrained(d / "model")
     segs = C.make_segments(C.read_labels(d / "labels.tsv"), split_by="block", window=256,
                            block=1024, seed=0)
-    wins = C._draw(segs, 256, 16, 1 << 62, 0)
+    wins = C.draw_windows(segs, 256, 16, 1 << 62, 0)
     return d, segs, wins
 
 
@@ -62,12 +62,12 @@ def test_length_ladder_steps_and_lr():
     for bad in (dict(pool="max"), dict(warmup_lengths=(512, 256)), dict(steps=0),
                 dict(grad_checkpointing="yes")):
         with pytest.raises(ConfigError):
-            F.FinetuneConfig(**bad).check()
+            F.FinetuneConfig(**bad).validate()
 
 
 def test_finetune_learns_order_and_round_trips(task, tmp_path):
     d, segs, wins = task
-    cache = C._GenomeCache()
+    cache = C.GenomeCache()
     before = MambaLM.from_pretrained(d / "model").state_dict()
     cfg = F.FinetuneConfig(steps=45, batch_size=8, lr=1e-2, warmup_start=64, seed=1)
     r = F.fit_eval_finetuned(d / "model", segs, wins, cache, cfg, rc_average=True)
@@ -84,7 +84,7 @@ def test_finetune_learns_order_and_round_trips(task, tmp_path):
     assert json.loads((tmp_path / "ft/config.json").read_text())["steps"] == 45
     back, man = F.FinetunedClassifier.load(tmp_path / "ft")
     assert man["labels"] == ["down", "up"] and man["window"] == 256
-    seqs = C._tokens(cache, wins["test"])
+    seqs = C.window_tokens(cache, wins["test"])
     np.testing.assert_array_equal(back.predict_proba(seqs), clf.predict_proba(seqs))
     # predict through the CLI: tiled windows of new sequences from each source
     rng = np.random.default_rng(7)
@@ -111,9 +111,9 @@ def test_gradient_checkpointing_gives_the_same_model(task):
     for ckpt in ("off", "on"):
         cfg = F.FinetuneConfig(steps=3, batch_size=4, lr=1e-2, warmup_lengths=(128,),
                                grad_checkpointing=ckpt)
-        clf = F.finetune(d / "model", segs, ["down", "up"], 256, cfg, C._GenomeCache())
+        clf = F.finetune(d / "model", segs, ["down", "up"], 256, cfg, C.GenomeCache())
         assert clf.net.backbone.config.gradient_checkpointing is False  # switched off after
-        seqs = C._tokens(C._GenomeCache(), wins["test"])
+        seqs = C.window_tokens(C.GenomeCache(), wins["test"])
         probs.append(clf.predict_proba(seqs))
     np.testing.assert_allclose(probs[0], probs[1], rtol=1e-5, atol=1e-6)
     # prediction streams the backbone in pieces (state carried): same as the training forward
@@ -148,7 +148,7 @@ def test_cli_finetune_column_and_kmer_ks(task, tmp_path):
     assert run(["classify", "train", "--labels", str(d / "labels.tsv"), "--out", str(out),
                 "--finetune"]) == 2  # no --model
     with pytest.raises(ConfigError, match="kmer-ks"):
-        C.ClassifyConfig(labels="x", out="y", kmer_ks=(0, 3)).check()
+        C.ClassifyConfig(labels="x", out="y", kmer_ks=(0, 3)).validate()
 
 
 def run(argv):

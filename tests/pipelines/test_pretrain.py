@@ -24,6 +24,7 @@ import torch
 import torch.multiprocessing as mp
 from mamba_dna.pipelines import pretrain as pt
 
+from mamba_dna import training
 from mamba_dna.errors import ConfigError, InputError, MambaDNAError
 from mamba_dna.tokenizer import A, C, G, N, T
 
@@ -150,18 +151,18 @@ def test_make_batch_targets_weights_and_strand():
 
 
 def test_strands_depend_on_seed_and_step_only():
-    _, f1 = pt.global_batch(5, list(range(64)), seed=1, rc=True)
-    _, f2 = pt.global_batch(5, list(range(64)), seed=1, rc=True)
-    _, f3 = pt.global_batch(6, list(range(64)), seed=1, rc=True)
+    f1 = pt.strand_flips(5, 64, seed=1, rc=True)
+    f2 = pt.strand_flips(5, 64, seed=1, rc=True)
+    f3 = pt.strand_flips(6, 64, seed=1, rc=True)
     assert np.array_equal(f1, f2) and not np.array_equal(f1, f3) and 10 < f1.sum() < 54
-    assert not pt.global_batch(5, list(range(8)), seed=1, rc=False)[1].any()
+    assert not pt.strand_flips(5, 8, seed=1, rc=False).any()
 
 
 def test_param_groups_no_decay_on_A_log_D_norms_biases():
     from mamba_dna.model import MambaConfig, MambaLM
 
     m = MambaLM(MambaConfig(d_model=16, n_layer=2, d_state=4))
-    groups = pt.param_groups(m, 0.1)
+    groups = training.param_groups(m, 0.1)
     names = {id(p): n for n, p in m.named_parameters()}
     decay = {names[id(p)] for p in groups[0]["params"]}
     no_decay = {names[id(p)] for p in groups[1]["params"]}
@@ -181,15 +182,15 @@ def test_rng_state_and_numpy_survive_weights_only_load(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    state = pt._rng_state()
+    state = training.rng_state()
     ahead = (torch.rand(3), np.random.rand(3), random.random())
-    blob = {"rng": state, "sampler": pt._safe({"perm": np.arange(5, dtype=np.int32), "k": np.int64(2)})}
-    pt.save_checkpoint(tmp_path / "c.pt", {"format": pt.CKPT_FORMAT, **blob})
+    blob = {"rng": state, "sampler": training.to_weights_only({"perm": np.arange(5, dtype=np.int32), "k": np.int64(2)})}
+    training.save_checkpoint(tmp_path / "c.pt", {"format": pt.CKPT_FORMAT, **blob})
     back = pt.load_checkpoint(tmp_path / "c.pt")  # weights_only=True inside
-    pt._set_rng_state(back["rng"])
+    training.set_rng_state(back["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(ahead[0], again[0]) and np.array_equal(ahead[1], again[1]) and ahead[2] == again[2]
-    s = pt._unsafe(back["sampler"])
+    s = training.from_weights_only(back["sampler"])
     assert s["perm"].dtype == np.int32 and s["perm"].tolist() == [0, 1, 2, 3, 4] and s["k"] == 2
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot read checkpoint"):
@@ -202,9 +203,9 @@ def test_rng_state_and_numpy_survive_weights_only_load(tmp_path):
 def test_run_outputs_and_exact_resume(fasta, tmp_path):
     from mamba_dna.model import MambaLM
 
-    full = pt.pretrain(tiny(fasta, tmp_path / "full", log_every=1))
+    full = pt.run(tiny(fasta, tmp_path / "full", log_every=1))
     run = tmp_path / "full"
-    assert full["step"] == 6 and full["stopped_by"] is None
+    assert full.step == 6 and full.stopped_by is None
     cfg = pt.PretrainConfig.load(run / "config.json")
     assert cfg.seq_len == 64 and cfg.model["d_model"] == 16
     r = rows(run)
@@ -223,17 +224,34 @@ def test_run_outputs_and_exact_resume(fasta, tmp_path):
     assert ck["step"] == 6 and {"model", "optimizer", "scheduler", "sampler", "rng"} <= set(ck)
 
     # interrupted after step 4 (between evaluations), then resumed
-    part = pt.pretrain(tiny(fasta, tmp_path / "part", log_every=1), stop_at=4)
-    assert part["stopped_by"] == "--stop-at 4" and part["step"] == 4
+    part = pt.run(tiny(fasta, tmp_path / "part", log_every=1), stop_at=4)
+    assert part.stopped_by == "--stop-at 4" and part.step == 4
     assert not (tmp_path / "part" / "model").exists()
-    done = pt.pretrain(tiny(fasta, tmp_path / "part", log_every=1), resume=True)
-    assert done["step"] == 6
+    done = pt.run(tiny(fasta, tmp_path / "part", log_every=1), resume=True)
+    assert done.step == 6
     assert_same_weights(weights(run), weights(tmp_path / "part"))
     assert rows(run) == rows(tmp_path / "part")
 
     # an existing run directory resumes without --resume; a finished one stays finished
-    again = pt.pretrain(tiny(fasta, tmp_path / "part"))
-    assert again["step"] == 6
+    again = pt.run(tiny(fasta, tmp_path / "part"))
+    assert again.step == 6
+
+
+def test_export_turns_a_stopped_run_into_a_model(fasta, tmp_path):
+    from mamba_dna.model import MambaLM
+
+    trainer = pt.Pretrainer(tiny(fasta, tmp_path / "stopped"), stop_at=4)
+    result = trainer.run()
+    assert result.stopped_by == "--stop-at 4" and result.step == 4 and result.parameters > 0
+    assert not (tmp_path / "stopped" / "model").exists()
+    model_dir = trainer.export()
+    assert model_dir == tmp_path / "stopped" / "model"
+    last = rows(tmp_path / "stopped")[-1]
+    assert last["split"] == "val" and last["step"] == 4 and last["stopped_early"] is True
+    assert 0 < last["bits_per_base"] < 4
+    exported = MambaLM.from_pretrained(model_dir).state_dict()
+    for k, v in trainer.model.state_dict().items():  # the weights in memory, as they stood
+        torch.testing.assert_close(exported[k], v.cpu(), rtol=0, atol=0, msg=k)
 
 
 def test_non_finite_steps_are_skipped_then_stop(fasta, tmp_path):
@@ -244,7 +262,7 @@ def test_non_finite_steps_are_skipped_then_stop(fasta, tmp_path):
 
     cfg = tiny(fasta, tmp_path / "nan", steps=10, checkpoint_every=1, eval_every=100, max_bad_steps=3)
     with pytest.raises(MambaDNAError, match="non-finite losses in a row"):
-        pt.pretrain(cfg, on_step=poison)
+        pt.run(cfg, on_step=poison)
     cks = pt.checkpoint_paths(tmp_path / "nan")
     assert cks, "checkpoints before the poison must exist"
     for p in cks:  # no checkpoint with NaN weights was written
@@ -257,9 +275,9 @@ def test_existing_foreign_directory_and_missing_input_are_user_errors(fasta, tmp
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a pretrain run"):
-        pt.pretrain(tiny(fasta, tmp_path / "busy"))
+        pt.run(tiny(fasta, tmp_path / "busy"))
     with pytest.raises(InputError, match="no such file"):
-        pt.pretrain(tiny(tmp_path / "missing.fa", tmp_path / "new"))
+        pt.run(tiny(tmp_path / "missing.fa", tmp_path / "new"))
 
 
 def test_cli_error_is_one_line_exit_2(tmp_path, capsys):
@@ -282,16 +300,16 @@ def _ddp_worker(rank: int, world: int, phases: list) -> None:
     torch.set_num_threads(1)
     for cfg_dict, stop_at, port in phases:
         os.environ["MASTER_PORT"] = str(port)
-        pt.pretrain(pt.PretrainConfig(**cfg_dict), stop_at=stop_at)
+        pt.run(pt.PretrainConfig(**cfg_dict), stop_at=stop_at)
 
 
 @pytest.mark.slow
 def test_ddp_two_ranks_match_one_process_and_checkpoints_cross_world_sizes(fasta, tmp_path):
     kw = dict(steps=5, eval_every=5, log_every=1, seq_warmup_steps=2)
     single = tmp_path / "single"
-    pt.pretrain(tiny(fasta, single, **kw))
+    pt.run(tiny(fasta, single, **kw))
     ref_w, ref_rows = weights(single), rows(single)
-    pt.pretrain(tiny(fasta, tmp_path / "1to2", **kw), stop_at=3)  # written by 1 process
+    pt.run(tiny(fasta, tmp_path / "1to2", **kw), stop_at=3)  # written by 1 process
 
     phases = [
         (tiny(fasta, tmp_path / "ddp", **kw).to_dict(), None, free_port()),  # full run on 2
@@ -309,7 +327,7 @@ def test_ddp_two_ranks_match_one_process_and_checkpoints_cross_world_sizes(fasta
     # written by 2 ranks, resumed by 1
     ck = torch.load(pt.checkpoint_paths(tmp_path / "2to1")[-1], weights_only=True)
     assert ck["world_size"] == 2 and ck["step"] == 2
-    pt.pretrain(tiny(fasta, tmp_path / "2to1", **kw), resume=True)
+    pt.run(tiny(fasta, tmp_path / "2to1", **kw), resume=True)
     assert_same_weights(ref_w, weights(tmp_path / "2to1"), atol=2e-5)
 
 
@@ -365,6 +383,6 @@ def test_signal_checkpoints_exits_0_and_resumes_to_the_same_weights(fasta, tmp_p
                              dict(seq_len=64, batch_size=4, steps=steps, lr=5e-3, warmup_steps=2, log_every=2,
                                   eval_every=1000, eval_windows=4, checkpoint_every=1000,
                                   device="cpu", seed=3))
-    pt.pretrain(ref)
+    pt.run(ref)
     assert_same_weights(weights(tmp_path / "ref"), weights(out))
     assert math.isfinite(json.loads((out / "summary.json").read_text())["final_val_bits_per_base"])

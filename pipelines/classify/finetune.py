@@ -2,7 +2,7 @@
 plus a linear head on its final hidden state, trained with the Mamba paper's Great Apes
 recipe.
 
-Setup: load the backbone (`MambaLM.from_pretrained`), put a linear head on the hidden state
+Setup: load the backbone (`mamba_dna.load.load_model`), put a linear head on the hidden state
 after the final norm, pooled at the last token (the paper's head; `pool="mean"` is the
 alternative), and fix the length ladder: sequence-length warmup trains first on short
 windows and doubles the window stage by stage up to the target length (`stage_lengths`).
@@ -25,11 +25,10 @@ Save: a directory that `classify predict` / `evaluate` load without pickle:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,58 +36,17 @@ import torch
 from torch import nn
 
 from mamba_dna import log
-from mamba_dna.errors import ConfigError, InputError
+from mamba_dna.device import resolve_device
+from mamba_dna.errors import InputError
 from mamba_dna.fsutil import atomic_dir, read_json_object, sha256_file, write_json
 from mamba_dna.tokenizer import reverse_complement
+from mamba_dna.training import length_ladder, param_groups, steps_per_stage, warmup_cosine
+
+from .config import CKPT_AUTO_FROM, FinetuneConfig
+from .data import sample_windows, window_tokens
+from .report import metrics
 
 FORMAT = "mamba-dna-finetuned"
-CKPT_AUTO_FROM = 1 << 14  # gradient checkpointing "auto": on for windows at least this long
-
-
-@dataclass
-class FinetuneConfig:
-    """The fine-tuning recipe (stored as config.json in the fine-tuned directory)."""
-
-    steps: int = 200  # optimizer steps in all, split evenly over the length stages
-    batch_size: int = 8
-    lr: float = 6e-4
-    weight_decay: float = 0.1
-    lr_warmup: float = 0.1  # fraction of the steps with a linear lr ramp
-    min_lr_ratio: float = 0.1  # cosine decay floor (multiplier of lr)
-    clip: float = 1.0  # gradient-norm clipping (0: off)
-    warmup_lengths: tuple[int, ...] | None = None  # explicit ladder (< target), e.g. 1024,2048
-    warmup_start: int = 1024  # default ladder: doubling from here up to the target window
-    pool: str = "last"  # "last" (the paper's head) | "mean"
-    grad_checkpointing: str = "auto"  # auto (windows >= 2^14) | on | off
-    rc_augment: bool = True  # reverse-complement each training window with probability 1/2
-    table: bool = True  # also fine-tune a fresh model for every other length-table row
-    eval_batch: int = 16
-    seed: int = 0
-
-    @property
-    def name(self) -> str:  # the "features" column of the classify report
-        return "finetuned"
-
-    def check(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.eval_batch < 1:
-            raise ConfigError(f"--steps {self.steps} / --batch-size {self.batch_size}: expected >= 1")
-        if not self.lr > 0 or self.weight_decay < 0 or self.clip < 0:
-            raise ConfigError(f"--lr {self.lr}: expected > 0 (weight decay, clip >= 0)")
-        if not 0 <= self.lr_warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"lr_warmup {self.lr_warmup} / min_lr_ratio {self.min_lr_ratio}: "
-                              "expected fractions in [0, 1)")
-        if self.pool not in ("last", "mean"):
-            raise ConfigError(f"finetune pool {self.pool!r}: expected last or mean")
-        if self.grad_checkpointing not in ("auto", "on", "off"):
-            raise ConfigError(f"--grad-checkpointing {self.grad_checkpointing!r}: expected auto, "
-                              "on or off")
-        if self.warmup_start < 16:
-            raise ConfigError(f"warmup_start {self.warmup_start}: expected >= 16 bp")
-        if self.warmup_lengths is not None:
-            w = list(self.warmup_lengths)
-            if any(x < 16 for x in w) or w != sorted(set(w)):
-                raise ConfigError(f"--warmup-lengths {','.join(map(str, w))}: expected "
-                                  "increasing lengths >= 16 bp, e.g. 1024,2048,4096")
 
 
 def stage_lengths(window: int, cfg: FinetuneConfig) -> list[int]:
@@ -96,27 +54,19 @@ def stage_lengths(window: int, cfg: FinetuneConfig) -> list[int]:
     doubling from min(warmup_start, window), e.g. 1024, 2048, ..., window."""
     if cfg.warmup_lengths is not None:
         return [x for x in cfg.warmup_lengths if x < window] + [window]
-    out = [min(cfg.warmup_start, window)]
-    while out[-1] * 2 < window:
-        out.append(out[-1] * 2)
-    if out[-1] != window:
-        out.append(window)
-    return out
-
-
-def steps_per_stage(total: int, n_stages: int) -> list[int]:
-    """Equal shares; the remainder goes to the last (target-length) stages."""
-    base, rem = divmod(total, n_stages)
-    return [base + (1 if i >= n_stages - rem else 0) for i in range(n_stages)]
+    return length_ladder(cfg.warmup_start, window)
 
 
 def lr_factor(step: int, total: int, cfg: FinetuneConfig) -> float:
     """Linear warmup over lr_warmup * total steps, then cosine decay to min_lr_ratio."""
-    warm = int(cfg.lr_warmup * total)
-    if step < warm:
-        return (step + 1) / warm
-    t = min(1.0, (step - warm) / max(1, total - warm))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return warmup_cosine(step, total, int(cfg.lr_warmup * total), cfg.min_lr_ratio)
+
+
+def _load_backbone(model_dir: str | os.PathLike, device: torch.device):
+    """The pretrained backbone in `model_dir` (the one place this module loads a model)."""
+    from mamba_dna.load import load_model
+
+    return load_model(model_dir, map_location=device)
 
 
 # --------------------------------------------------------------------------- the network
@@ -147,6 +97,9 @@ class SequenceClassifier(nn.Module):
             mask = torch.arange(L, device=ids.device)[None] < lengths[:, None]  # (batch, L)
             pooled = (h * mask[..., None]).sum(1) / lengths[:, None]  # (batch, d_model)
         return self.head(pooled.to(self.head.weight.dtype)).float()  # (batch, K)
+
+
+# --------------------------------------------------------------------------- the classifier
 
 
 class FinetunedClassifier:
@@ -221,8 +174,6 @@ class FinetunedClassifier:
              ) -> tuple[FinetunedClassifier, dict]:
         from safetensors.torch import load_file
 
-        from mamba_dna.load import load_model
-
         d = Path(directory)
         man = read_json_object(d / "classifier.json", "a fine-tuned classifier directory holds "
                                "classifier.json")
@@ -236,7 +187,7 @@ class FinetunedClassifier:
             if sha256_file(d / f) != man.get(key):
                 raise InputError(f"{d / f}: sha256 does not match classifier.json; refusing to "
                                  "load it", hint="the file was changed after training; train again")
-        backbone = load_model(d / "backbone", map_location=device)
+        backbone = _load_backbone(d / "backbone", device)
         labels = [str(x) for x in man["labels"]]
         net = SequenceClassifier(backbone, len(labels), man.get("pool", "last"))
         head = load_file(str(d / "head.safetensors"), device=str(device))
@@ -259,18 +210,11 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
              cfg: FinetuneConfig, cache, *, rc_average: bool = False,
              device: str = "auto") -> FinetunedClassifier:
     """Fine-tune a fresh copy of the backbone in `model_dir` on windows drawn from the train
-    segments of `segs` (pipelines.classify.Segment), with the length ladder ending at `window`."""
-    from mamba_dna.pipelines.classify import sample_windows
-    from mamba_dna.pipelines.pretrain import param_groups
-
-    from mamba_dna.device import resolve_device
-    from mamba_dna.load import load_model
-
-    cfg.check()
+    segments of `segs` (classify.data.Segment), with the length ladder ending at `window`."""
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, window])
-    backbone = load_model(model_dir, map_location=dev)
+    backbone = _load_backbone(model_dir, dev)
     net = SequenceClassifier(backbone, len(classes), cfg.pool).to(dev)
     net.train()
     index = {c: i for i, c in enumerate(classes)}
@@ -288,24 +232,11 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
         for stage, (L, n) in enumerate(zip(lengths, n_steps, strict=True)):
             if n == 0:
                 continue
-            per_class = -(-n * cfg.batch_size // len(classes))
-            pool = sample_windows(segs, "train", L, per_class, seed=cfg.seed + 1 + stage)
-            if pool is None:
-                raise InputError(f"fine-tuning stage {L} bp: some class has no train segment "
-                                 "that long", hint="use shorter --warmup-lengths or --window")
-            order = rng.permutation(len(pool))
             backbone.config.gradient_checkpointing = (
                 cfg.grad_checkpointing == "on"
                 or (cfg.grad_checkpointing == "auto" and L >= CKPT_AUTO_FROM))
             seen, correct, loss_sum = 0, 0, 0.0
-            for i in range(n):
-                rows = order[(i * cfg.batch_size + np.arange(cfg.batch_size)) % len(pool)]
-                seqs = [cache.tokens(pool.file[r], pool.record[r], int(pool.start[r]),
-                                     int(pool.start[r]) + L) for r in rows]  # each (L,) uint8
-                if cfg.rc_augment:
-                    seqs = [reverse_complement(s) if rng.random() < 0.5 else s for s in seqs]
-                ids = torch.from_numpy(np.stack(seqs).astype(np.int64)).to(dev)  # (batch, L)
-                y = torch.tensor([index[pool.label[r]] for r in rows], device=dev)  # (batch,)
+            for ids, y in _stage_batches(segs, stage, L, n, cfg, cache, rng, index, dev):
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg)
                 with autocast:
@@ -317,9 +248,9 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
                     nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
                 opt.step()
                 step += 1
-                seen += len(rows)
+                seen += len(y)
                 correct += int((logits.argmax(1) == y).sum())
-                loss_sum += loss.item() * len(rows)
+                loss_sum += loss.item() * len(y)
                 prog.advance(1, note=f"{L} bp, loss {loss.item():.3f}")
             log.info(f"fine-tune stage {stage + 1}/{len(lengths)} ({L} bp, {n} steps): train loss "
                      f"{loss_sum / seen:.3f}, train accuracy {correct / seen:.3f}")
@@ -329,13 +260,32 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
                                eval_batch=cfg.eval_batch)
 
 
+def _stage_batches(segs: Sequence, stage: int, L: int, n: int, cfg: FinetuneConfig, cache,
+                   rng: np.random.Generator, index: dict, dev: torch.device):
+    """The `n` batches of one length stage: fresh balanced train windows of L bp, each on a
+    random strand when rc_augment. Yields (ids (batch, L) int64, labels (batch,) int64)."""
+    per_class = -(-n * cfg.batch_size // len(index))
+    pool = sample_windows(segs, "train", L, per_class, seed=cfg.seed + 1 + stage)
+    if pool is None:
+        raise InputError(f"fine-tuning stage {L} bp: some class has no train segment "
+                         "that long", hint="use shorter --warmup-lengths or --window")
+    order = rng.permutation(len(pool))
+    for i in range(n):
+        rows = order[(i * cfg.batch_size + np.arange(cfg.batch_size)) % len(pool)]
+        seqs = [cache.tokens(pool.file[r], pool.record[r], int(pool.start[r]),
+                             int(pool.start[r]) + L) for r in rows]  # each (L,) uint8
+        if cfg.rc_augment:
+            seqs = [reverse_complement(s) if rng.random() < 0.5 else s for s in seqs]
+        ids = torch.from_numpy(np.stack(seqs).astype(np.int64)).to(dev)  # (batch, L)
+        y = torch.tensor([index[pool.label[r]] for r in rows], device=dev)  # (batch,)
+        yield ids, y
+
+
 def fit_eval_finetuned(model_dir: str | os.PathLike, segs: Sequence, windows: dict, cache,
                        cfg: FinetuneConfig, *, rc_average: bool = False,
                        device: str = "auto") -> dict:
     """Fine-tune on the train segments, evaluate on `windows`' val and test windows (the same
     ones the linear probe and the k-mer baseline are scored on): a classify result entry."""
-    from mamba_dna.pipelines.classify import _tokens, metrics
-
     t0 = time.perf_counter()
     classes = sorted({str(s.label) for s in segs})
     window = windows["test"].window
@@ -343,7 +293,8 @@ def fit_eval_finetuned(model_dir: str | os.PathLike, segs: Sequence, windows: di
                    device=device)
     y_val = windows["val"].label.astype(str)
     y_test = windows["test"].label.astype(str)
-    val_acc = float(np.mean(clf.predict(_tokens(cache, windows["val"])) == y_val))
-    pred = clf.predict(_tokens(cache, windows["test"]))
+    val_acc = float(np.mean(clf.predict(window_tokens(cache, windows["val"])) == y_val))
+    pred = clf.predict(window_tokens(cache, windows["test"]))
     return {"spec": cfg, "clf": clf, "pred": pred, "metrics": metrics(y_test, pred, clf.classes),
             "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
+

@@ -1,0 +1,153 @@
+"""Training and validation windows (FASTA or a `tokenize` shard directory) and the batches
+cut from them: strands drawn per (seed, step), targets and loss weights per base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamba_dna.errors import ConfigError, InputError
+from mamba_dna.tokenizer import BASES
+
+from .config import PretrainConfig
+
+BASE_LO, BASE_HI = min(BASES), max(BASES)  # A..T are contiguous ids (4..7)
+
+
+class WindowData:
+    """Fixed-length windows with random access: tokens (n, L) uint8 and softmask (n, L) bool."""
+
+    def __init__(self, tokens: np.ndarray, softmask: np.ndarray | None, source: str):
+        self.tokens = tokens  # (n, L) uint8
+        self.softmask = softmask  # (n, L) bool or None
+        self.source = source
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def get(self, idx: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        idx = np.asarray(idx, dtype=np.int64)
+        sm = self.softmask[idx] if self.softmask is not None else None
+        return self.tokens[idx], sm  # (b, L) uint8, (b, L) bool
+
+
+class ShardWindows(WindowData):
+    """A `tokenize` shard split, read lazily through ShardDataset."""
+
+    def __init__(self, ds, source: str):
+        self.ds, self.source = ds, source
+        self._len = len(ds)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def length(self) -> int:
+        return int(self.ds.window_length)
+
+    def get(self, idx):
+        toks, sms = [], []
+        for i in idx:
+            t, s = self.ds[int(i)]
+            toks.append(np.asarray(t, dtype=np.uint8))
+            sms.append(np.asarray(s, dtype=bool) if s is not None else np.zeros(len(t), bool))
+        return np.stack(toks), np.stack(sms)
+
+
+def _fasta_windows(cfg: PretrainConfig, split: str) -> WindowData:
+    from mamba_dna.genome import GenomeWindows
+
+    toks, sms = [], []
+    for path in cfg.inputs:
+        gw = GenomeWindows(
+            path, cfg.seq_len, stride=cfg.stride, max_n_fraction=cfg.max_n_fraction,
+            split=split, split_by=cfg.split_by, val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction, seed=cfg.seed, block_size=cfg.block_size,
+        )
+        for w in gw:
+            if w.strand == "-":  # augmentation is ours; keep the forward strand
+                continue
+            toks.append(np.asarray(w.tokens, dtype=np.uint8))
+            sms.append(np.asarray(w.softmask, dtype=bool))
+    where = ", ".join(cfg.inputs)
+    if not toks:
+        raise InputError(
+            f"{where}: no {split} windows of {cfg.seq_len} bp (sequences too short or too many N)",
+            hint="lower --seq-len or --val-fraction, or raise --max-n-fraction",
+        )
+    return WindowData(np.stack(toks), np.stack(sms), f"{where} [{split}]")
+
+
+def load_data(cfg: PretrainConfig) -> tuple[WindowData, WindowData]:
+    """(train, val) windows of cfg.seq_len from FASTA files or a shard directory."""
+    for p in cfg.inputs:
+        if not Path(p).exists():
+            raise InputError(f"{p}: no such file or directory", hint="pass FASTA files or a tokenize directory")
+    first = Path(cfg.inputs[0])
+    if not first.is_dir():
+        return _fasta_windows(cfg, "train"), _fasta_windows(cfg, "val")
+    if len(cfg.inputs) > 1:
+        raise ConfigError("pretrain: pass one shard directory, or FASTA files, not both")
+    from mamba_dna.shards import ShardDataset
+
+    train = ShardWindows(ShardDataset(first, split="train"), f"{first} [train]")
+    val = ShardWindows(ShardDataset(first, split="val"), f"{first} [val]")
+    if train.length != cfg.seq_len:
+        raise ConfigError(
+            f"{first}: shards hold {train.length} bp windows but --seq-len is {cfg.seq_len}",
+            hint=f"pass --seq-len {train.length} or re-run tokenize",
+        )
+    if len(val) == 0:
+        raise InputError(f"{first}: no validation windows", hint="tokenize with a validation fraction > 0")
+    return train, val
+
+
+def eval_indices(n_val: int, n_windows: int) -> list[int]:
+    """The validation windows every evaluation scores: `n_windows` spread evenly over the split."""
+    n = min(n_windows, n_val)
+    return np.linspace(0, n_val - 1, n).round().astype(int).tolist() if n else []
+
+
+def strand_flips(step: int, n: int, seed: int, rc: bool) -> np.ndarray:
+    """(n,) bool: which windows of step `step`'s global batch are read on the reverse strand.
+
+    Depends only on (seed, step, slot), never on the rank or world size.
+    """
+    if not rc:
+        return np.zeros(n, bool)
+    return np.random.default_rng([seed, 0x5C, step]).integers(0, 2, size=n).astype(bool)
+
+
+def make_batch(
+    data: WindowData, idx: list[int], flips: np.ndarray, length: int, device: torch.device,
+    softmask_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows -> (inputs (rows, length-1) int64, targets (rows, length-1) int64, weights fp32).
+
+    Each window of seq_len is cut into seq_len / length rows (sequence-length warmup keeps
+    tokens per step constant). Targets that are not A/C/G/T (N, padding) get weight 0;
+    soft-masked targets get `softmask_weight`.
+    """
+    tok, sm = data.get(idx)  # (b, L) uint8, (b, L) bool
+    tok = torch.from_numpy(np.ascontiguousarray(tok)).long()  # (b, L)
+    sm = torch.from_numpy(np.ascontiguousarray(sm)) if sm is not None else torch.zeros_like(tok, dtype=torch.bool)
+    if flips.any():
+        from mamba_dna.tokenizer import reverse_complement
+
+        f = torch.from_numpy(flips)
+        tok[f] = reverse_complement(tok[f])
+        sm[f] = sm[f].flip(-1)
+    b, L = tok.shape
+    tok = tok.reshape(b * (L // length), length)  # (rows, length)
+    sm = sm.reshape(b * (L // length), length)
+    inp, tgt, tsm = tok[:, :-1], tok[:, 1:], sm[:, 1:]  # (rows, length-1)
+    w = ((tgt >= BASE_LO) & (tgt <= BASE_HI)).float()  # (rows, length-1)
+    if softmask_weight != 1.0:
+        w = torch.where(tsm, w * softmask_weight, w)
+    return inp.to(device), tgt.to(device), w.to(device)
