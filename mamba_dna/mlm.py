@@ -142,11 +142,8 @@ def mlm_loss(logits: torch.Tensor, batch: MaskedBatch) -> tuple[torch.Tensor, in
         logits.float().reshape(B * L, V), batch.targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     )  # (B*L,), 0 where ignored
     w = batch.weights.reshape(-1).to(ce.dtype)  # (B*L,)
-    total = w.sum()
-    n = batch.n_targets
-    if float(total) <= 0.0:
-        return (ce * 0.0).sum(), n
-    return (ce * w).sum() / total, n
+    # no device sync: with no weight the numerator is 0 too, so the clamp gives 0, not NaN
+    return (ce * w).sum() / w.sum().clamp_min(1e-12), batch.n_targets
 
 
 def acgt_log_probs(logits: torch.Tensor) -> torch.Tensor:
