@@ -38,7 +38,7 @@ import numpy as np
 
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import atomic_path
-from mamba_dna.tokenizer import A, reverse_complement
+from mamba_dna.tokenizer import MASK, A, reverse_complement
 
 MAX_ORDER = 14  # 4**15 counts would not fit in memory on a laptop
 FORMAT = "mamba-dna-markov"
@@ -328,21 +328,26 @@ KMER2_FORMAT = "mamba-dna-kmer2"
 # (48 kb) and H. pylori (1.65 Mb) prefer 32-64; 2 lets k >= 4 overfit badly on small genomes.
 KMER2_ALPHAS = (2.0, 8.0, 32.0, 128.0)
 KMER2_DEFAULT_ALPHA = 32.0
+KMER2_MAX_WILDCARDS = 2  # MASKs marginalised per context (4**2 lookups); a third one backs off
 
 
-def _two_sided(ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _two_sided(
+    ids: np.ndarray, k: int, wild: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Token ids (..., L) -> (code, is-base, key, order), each (..., L).
 
     key[..., i] interleaves the k bases on each side of i: base i-d is base-4 digit 2(d-1),
     base i+d digit 2(d-1)+1 (d = 1..k), so the order-j key is key % 16**j (nested, as the
     Markov index). order[..., i] = min(clean bases just left of i, clean just right, k): a
     context containing N, MASK, a special or a sequence end backs off symmetrically.
-    Token i itself never enters its own key.
+    Token i itself never enters its own key. `wild` (..., L) bool marks positions that count
+    as clean for `order` (their key digit is 0: the caller fills them in).
     """
     code, ok = _codes(ids)  # (..., L)
     L = ok.shape[-1]
-    run_left = _run_lengths(ok)  # clean bases ending at p
-    run_right = _run_lengths(ok[..., ::-1])[..., ::-1]  # clean bases starting at p
+    clean = ok if wild is None else ok | wild
+    run_left = _run_lengths(clean)  # clean bases ending at p
+    run_right = _run_lengths(clean[..., ::-1])[..., ::-1]  # clean bases starting at p
     left = np.zeros_like(run_left)
     right = np.zeros_like(run_right)
     left[..., 1:] = run_left[..., :-1]  # clean bases ending at i-1
@@ -362,8 +367,13 @@ class TwoSidedKmer:
     another context). Tables are kept for every order j = 0..k, sparse: the sorted contexts
     seen in training (int64 keys) with their (n, 4) target counts, so memory is O(training
     bases) whatever k. Prediction backs off in two ways:
-    * a context with N, MASK, a special or a sequence end within j bases on either side
-      uses the longest clean symmetric order j (j = 0: base composition);
+    * a context with N, a special or a sequence end within j bases on either side uses the
+      longest clean symmetric order j (j = 0: base composition);
+    * a MASK in the context (an MLM batch's other masked positions) is marginalised: the
+      counts of its 4 fillings are summed (up to KMER2_MAX_WILDCARDS = 2 masks; the order
+      stops below a third). Without this, 15% masking leaves a 6-base context clean only
+      ~22% of the time and the baseline would be handicapped at exactly the positions an
+      MLM validation scores;
     * smoothing is hierarchical: P_j(x | c) = (n_j(c, x) + alpha * P_{j-1}(x | c')) /
       (n_j(c) + alpha), c' the inner j-1 bases on each side, P_{-1} uniform. An unseen
       context therefore predicts its shorter context's distribution, not uniform; k and
@@ -446,27 +456,69 @@ class TwoSidedKmer:
         return m
 
     # ---- masked-model protocol -------------------------------------------------------------
+    def _lookup(self, j: int, variants: np.ndarray) -> np.ndarray:
+        """Order-j counts summed over context keys variants (n, v) -> (n, 4) float64."""
+        keys_j = self.keys[j]
+        flat = variants.reshape(-1)
+        at = np.minimum(np.searchsorted(keys_j, flat), keys_j.size - 1)
+        hit = keys_j[at] == flat
+        c = np.zeros((flat.size, 4))
+        c[hit] = self.counts[j][at[hit]]
+        return c.reshape(variants.shape[0], -1, 4).sum(axis=1)
+
     def _log_probs_np(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim == 1:
             ids = ids[None]
         B, L = ids.shape
-        _, _, key, order = _two_sided(ids, self.k)
-        key, order = key.reshape(-1), order.reshape(-1)  # (B*L,)
+        k = self.k
+        wild = ids == MASK  # (B, L) a MASK in a context is marginalised over its 4 bases
+        _, _, key, order = _two_sided(ids, k, wild=wild)
+        # the two nearest MASKs in the context (distance d, key digit shift) and the third's
+        # distance: contexts with at most MAX_WILDCARDS masks sum the counts of every filling
+        big = k + 1
+        d1, d2, d3 = (np.full((B, L), big, np.int64) for _ in range(3))
+        s1, s2 = np.zeros((B, L), np.int64), np.zeros((B, L), np.int64)
+        cnt = np.zeros((B, L), np.int64)
+        for d in range(1, min(k, L - 1) + 1):
+            for side in (0, 1):  # left neighbour i-d (shift 4(d-1)), right i+d (4(d-1)+2)
+                m = np.zeros((B, L), bool)
+                if side == 0:
+                    m[:, d:] = wild[:, :-d]
+                else:
+                    m[:, :-d] = wild[:, d:]
+                shift = 4 * (d - 1) + 2 * side
+                first, second, third = m & (cnt == 0), m & (cnt == 1), m & (cnt == 2)
+                d1[first], s1[first] = d, shift
+                d2[second], s2[second] = d, shift
+                d3[third] = d
+                cnt += m
+        order = np.minimum(order, d3 - 1).reshape(-1)  # (B*L,) effective order
+        key, d1, d2, s1, s2 = (x.reshape(-1) for x in (key, d1, d2, s1, s2))
+        fill = np.arange(4, dtype=np.int64)
         a = self.alpha
         c0 = self.counts[0][0].astype(np.float64)
         p0 = (c0 + a / 4) / (c0.sum() + a)  # order 0: composition, uniform prior
         P = np.broadcast_to(p0, (key.size, 4)).copy()  # (B*L, 4) float64
-        for j in range(1, self.k + 1):
-            keys_j = self.keys[j]
+        for j in range(1, k + 1):
             idx = np.flatnonzero(order >= j)
-            if idx.size == 0 or keys_j.size == 0:
+            if idx.size == 0 or self.keys[j].size == 0:
                 break
-            kj = key[idx] & ((1 << (4 * j)) - 1)
-            at = np.minimum(np.searchsorted(keys_j, kj), keys_j.size - 1)
-            hit = keys_j[at] == kj  # unseen contexts keep the order j-1 distribution
-            rows, c = idx[hit], self.counts[j][at[hit]].astype(np.float64)  # (n, 4)
-            P[rows] = (c + a * P[rows]) / (c.sum(axis=1, keepdims=True) + a)
+            kj = key[idx] & ((1 << (4 * j)) - 1)  # MASK digits are 0 in the key
+            w = (d1[idx] <= j).astype(np.int64) + (d2[idx] <= j)  # masks inside this order
+            c = np.empty((idx.size, 4))
+            for nw in (0, 1, 2):
+                g = np.flatnonzero(w == nw)
+                if g.size == 0:
+                    continue
+                v = kj[g, None]  # (n, 1)
+                if nw >= 1:
+                    v = v + (fill[None, :] << s1[idx[g], None])  # (n, 4)
+                if nw == 2:
+                    v = (v[:, :, None] + (fill[None, None, :] << s2[idx[g], None, None])).reshape(g.size, 16)
+                c[g] = self._lookup(j, v)
+            # unseen contexts (c = 0) keep the order j-1 distribution
+            P[idx] = (c + a * P[idx]) / (c.sum(axis=1, keepdims=True) + a)
         return np.log(P).astype(np.float32).reshape(B, L, 4)
 
     def masked_log_probs(self, ids):

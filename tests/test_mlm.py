@@ -360,6 +360,33 @@ def test_kmer2_hand_counts_and_smoothing():
     np.testing.assert_allclose(np.exp(lpm[1, 0]), p0, rtol=1e-6)
 
 
+def test_kmer2_marginalises_masks_in_the_context():
+    m = TwoSidedKmer(1, alpha=2.0).fit([encode("ACGTA")], both_strands=False)
+    p0 = (np.array([2, 1, 1, 1]) + 0.5) / 7.0
+    lp = m.masked_log_probs(np.array([[MASK, T, G], [MASK, T, MASK]]))
+    # (MASK, G): the fillings (A, G) -> C once, (C|G|T, G) unseen
+    np.testing.assert_allclose(np.exp(lp[0, 1]), (np.array([0, 1, 0, 0]) + 2 * p0) / 3.0, rtol=1e-6)
+    # (MASK, MASK): every order-1 context summed: C, G, T once each
+    np.testing.assert_allclose(np.exp(lp[1, 1]), (np.array([0, 1, 1, 1]) + 2 * p0) / 5.0, rtol=1e-6)
+    # a third mask stops the order below it: k=2 with masks at -2, -1, +1 == order 1
+    rng = np.random.default_rng(11)
+    m2 = TwoSidedKmer(2).fit([rng.integers(A, T + 1, 5000).astype(np.uint8)])
+    three = m2.masked_log_probs(np.array([[MASK, MASK, C, MASK, A]]))[0, 2]
+    two = m2.truncated(1).masked_log_probs(np.array([[MASK, C, MASK]]))[0, 1]
+    np.testing.assert_allclose(three, two, rtol=1e-6)
+    # with one mask at +2, order 2 sums the 4 fillings of that digit
+    ids = np.array([[G, T, C, A, MASK]])
+    got = m2.masked_log_probs(ids)[0, 2]
+    fills = np.stack([np.array([G, T, C, A, b]) for b in (A, C, G, T)])
+    c1 = m2._lookup(1, np.array([[(T - A) | ((A - A) << 2)]]))  # order-1 context (T, A)
+    p_1 = (c1 + m2.alpha * np.exp(m2.truncated(0).masked_log_probs(fills[:1])[0, 2].astype(np.float64))) / (
+        c1.sum() + m2.alpha
+    )
+    c2 = sum(m2._lookup(2, np.array([[(T - A) | ((A - A) << 2) | ((G - A) << 4) | ((b - A) << 6)]])) for b in range(A, T + 1))
+    want = (c2 + m2.alpha * p_1) / (c2.sum() + m2.alpha)
+    np.testing.assert_allclose(np.exp(got), want[0], rtol=1e-5)
+
+
 def test_kmer2_normalised_torch_roundtrip_and_chunks(tmp_path):
     rng = np.random.default_rng(8)
     train = _random_ids(rng, 1, 20_000)[0].astype(np.uint8)
