@@ -414,6 +414,14 @@ class TwoSidedKmer:
     def fit(self, arrays: Iterable[np.ndarray], both_strands: bool = True) -> TwoSidedKmer:
         """Add counts from token arrays (uint8 ids, any length); returns self."""
         flats: list[list[np.ndarray]] = [[] for _ in range(self.k + 1)]
+        pending = 0  # observations held in `flats`: merged into the tables every ~16M
+
+        def flush():
+            for j in range(self.k + 1):
+                if flats[j]:
+                    self._add(j, np.concatenate(flats[j]))
+                    flats[j].clear()
+
         for arr in arrays:
             arr = np.asarray(arr).reshape(-1)
             for s in [arr, reverse_complement(arr)] if both_strands else [arr]:
@@ -423,10 +431,12 @@ class TwoSidedKmer:
                 for j in range(self.k + 1):
                     m = ok & (order >= j)
                     flats[j].append(((key[m] & ((1 << (4 * j)) - 1)) << 2) | code[m])
+                    pending += flats[j][-1].size
                 self.n_fitted += int((ok & (order >= self.k)).sum())
-        for j in range(self.k + 1):
-            if flats[j]:
-                self._add(j, np.concatenate(flats[j]))
+                if pending >= 1 << 24:
+                    flush()
+                    pending = 0
+        flush()
         return self
 
     def _add(self, j: int, flat: np.ndarray) -> None:

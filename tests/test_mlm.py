@@ -411,6 +411,21 @@ def test_kmer2_normalised_torch_roundtrip_and_chunks(tmp_path):
         TwoSidedKmer.load(tmp_path / "mm.npz")
 
 
+def test_kmer2_incremental_fit_merges_tables():
+    rng = np.random.default_rng(12)
+    arrs = [_random_ids(rng, 1, n)[0].astype(np.uint8) for n in (3000, 17, 5000)]
+    one = TwoSidedKmer(3).fit(arrs)
+    inc = TwoSidedKmer(3)
+    for x in arrs:
+        inc.fit([x])
+    for j in range(4):
+        np.testing.assert_array_equal(one.keys[j], inc.keys[j])
+        np.testing.assert_array_equal(one.counts[j], inc.counts[j])
+    assert one.n_fitted == inc.n_fitted > 0
+    # order-0 counts every clean base of both strands
+    assert one.counts[0].sum() == 2 * sum(int(((x >= A) & (x <= T)).sum()) for x in arrs)
+
+
 def test_kmer2_spec_parsing_and_auto():
     assert parse_kmer2_spec("kmer2:auto") is None and parse_kmer2_spec("kmer2:3") == 3
     for bad in ("kmer2:9", "kmer2:x", "kmer2:", "kmer3:2", "kmer2:-1"):
