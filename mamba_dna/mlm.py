@@ -225,6 +225,11 @@ def _check_positions(contig: np.ndarray, positions) -> np.ndarray:
     return pos
 
 
+def _chunk(batch_size: int) -> int:
+    """Windows built at once by the scorers: a whole number of batches, ~4096 windows."""
+    return max(1, int(batch_size)) * max(1, 4096 // max(1, int(batch_size)))
+
+
 def _model_device(model, device) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -324,11 +329,17 @@ def mlm_llr(
     pos = _check_positions(contig, positions)
     ref, alt = _as_base_ids(refs, "refs", pos.size), _as_base_ids(alts, "alts", pos.size)
     uniq, inverse = np.unique(pos, return_inverse=True)  # one forward per distinct position
-    win = variant_windows(contig, uniq, context, mask=True)  # (u, context)
     c = window_centre(context)
-    rows, calls = read_log_probs(
-        model, win, np.arange(uniq.size), np.full(uniq.size, c), strands=strands, batch_size=batch_size, device=device
-    )
+    rows = np.empty((uniq.size, 4), np.float32)
+    calls = 0
+    step = _chunk(batch_size)
+    for s in range(0, uniq.size, step):  # windows built a chunk at a time: O(chunk) memory
+        win = variant_windows(contig, uniq[s : s + step], context, mask=True)  # (u, context)
+        u = win.shape[0]
+        rows[s : s + u], n = read_log_probs(
+            model, win, np.arange(u), np.full(u, c), strands=strands, batch_size=batch_size, device=device
+        )
+        calls += n
     n_win = uniq.size * (2 if strands == "both" else 1)
     return _finish(contig, pos, ref, alt, rows, inverse.reshape(-1), n_win, calls)
 
@@ -358,8 +369,16 @@ def unmasked_llr(
     uniq, inverse = np.unique(pos, return_inverse=True)
     tiles, u_tile = np.unique(uniq // stride, return_inverse=True)  # tiles whose middle holds a variant
     starts = tiles * stride - margin
-    win = windows_at(contig, starts, context)  # (t, context), N past the ends
     offsets = uniq - starts[u_tile]  # in margin .. margin + stride - 1
-    rows, calls = read_log_probs(model, win, u_tile, offsets, strands=strands, batch_size=batch_size, device=device)
+    rows = np.empty((uniq.size, 4), np.float32)
+    calls = 0
+    step = _chunk(batch_size)
+    for s in range(0, tiles.size, step):  # tiles built a chunk at a time: O(chunk) memory
+        win = windows_at(contig, starts[s : s + step], context)  # (t, context), N past the ends
+        lo, hi = np.searchsorted(u_tile, [s, s + step])  # u_tile is sorted (uniq is)
+        rows[lo:hi], n = read_log_probs(
+            model, win, u_tile[lo:hi] - s, offsets[lo:hi], strands=strands, batch_size=batch_size, device=device
+        )
+        calls += n
     n_win = tiles.size * (2 if strands == "both" else 1)
     return _finish(contig, pos, ref, alt, rows, inverse.reshape(-1), n_win, calls)

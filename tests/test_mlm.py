@@ -323,6 +323,19 @@ def test_kmer2_masked_and_unmasked_llr_agree_and_strands():
     assert b.n_windows < a.n_windows
 
 
+def test_scores_do_not_depend_on_batching_or_chunking():
+    rng = np.random.default_rng(13)
+    contig = rng.integers(A, T + 1, 40_000).astype(np.uint8)
+    m = TwoSidedKmer(2).fit([contig[:20_000]])
+    pos = rng.choice(40_000, 9000, replace=False)  # > 4096 windows: several chunks
+    alt = (contig[pos] - A + 2) % 4 + A
+    for fn in (mlm_llr, unmasked_llr):
+        big = fn(m, contig, pos, contig[pos], alt, context=32, batch_size=9000, strands="both")
+        small = fn(m, contig, pos, contig[pos], alt, context=32, batch_size=1000, strands="both")
+        np.testing.assert_array_equal(big.score, small.score)
+        assert small.n_calls > big.n_calls and small.n_windows == big.n_windows
+
+
 def test_bf16_model_output_is_read_in_fp32():
     class Bf16(ConvMasked):
         def masked_log_probs(self, ids):
