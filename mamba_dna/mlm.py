@@ -299,6 +299,16 @@ class LlrResult:
     n_calls: int  # batched forward calls
 
 
+def _prepare(contig, positions, refs, alts):
+    """Checked inputs: (contig (n,) uint8, pos (m,), ref (m,), alt (m,), distinct positions
+    (u,) sorted, inverse (m,) index of each variant's position among them)."""
+    contig = np.asarray(contig, dtype=np.uint8).reshape(-1)
+    pos = _check_positions(contig, positions)
+    ref, alt = _as_base_ids(refs, "refs", pos.size), _as_base_ids(alts, "alts", pos.size)
+    uniq, inverse = np.unique(pos, return_inverse=True)  # one forward per distinct position
+    return contig, pos, ref, alt, uniq, inverse.reshape(-1)
+
+
 def _finish(contig, pos, ref, alt, lp_rows, inverse, n_windows, n_calls) -> LlrResult:
     lp = lp_rows[inverse]  # (m, 4)
     rc, ac = ref - A, alt - A
@@ -325,10 +335,7 @@ def mlm_llr(
 ) -> LlrResult:
     """MLM_LLR of SNVs on one contig (see the module docstring): one masked window per
     distinct position, batched; positions 0-based; refs/alts token ids or letters."""
-    contig = np.asarray(contig, dtype=np.uint8).reshape(-1)
-    pos = _check_positions(contig, positions)
-    ref, alt = _as_base_ids(refs, "refs", pos.size), _as_base_ids(alts, "alts", pos.size)
-    uniq, inverse = np.unique(pos, return_inverse=True)  # one forward per distinct position
+    contig, pos, ref, alt, uniq, inverse = _prepare(contig, positions, refs, alts)
     c = window_centre(context)
     rows = np.empty((uniq.size, 4), np.float32)
     calls = 0
@@ -341,7 +348,7 @@ def mlm_llr(
         )
         calls += n
     n_win = uniq.size * (2 if strands == "both" else 1)
-    return _finish(contig, pos, ref, alt, rows, inverse.reshape(-1), n_win, calls)
+    return _finish(contig, pos, ref, alt, rows, inverse, n_win, calls)
 
 
 def unmasked_llr(
@@ -362,11 +369,8 @@ def unmasked_llr(
     stride = context // 2 if stride is None else int(stride)
     if not 1 <= stride <= context:
         raise ConfigError(f"stride must be in 1..context ({context}), got {stride}")
-    contig = np.asarray(contig, dtype=np.uint8).reshape(-1)
-    pos = _check_positions(contig, positions)
-    ref, alt = _as_base_ids(refs, "refs", pos.size), _as_base_ids(alts, "alts", pos.size)
+    contig, pos, ref, alt, uniq, inverse = _prepare(contig, positions, refs, alts)
     margin = (context - stride) // 2
-    uniq, inverse = np.unique(pos, return_inverse=True)
     tiles, u_tile = np.unique(uniq // stride, return_inverse=True)  # tiles whose middle holds a variant
     starts = tiles * stride - margin
     offsets = uniq - starts[u_tile]  # in margin .. margin + stride - 1
@@ -381,4 +385,4 @@ def unmasked_llr(
         )
         calls += n
     n_win = tiles.size * (2 if strands == "both" else 1)
-    return _finish(contig, pos, ref, alt, rows, inverse.reshape(-1), n_win, calls)
+    return _finish(contig, pos, ref, alt, rows, inverse, n_win, calls)
