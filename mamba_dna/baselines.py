@@ -615,7 +615,9 @@ def best_kmer2(
 ) -> tuple[TwoSidedKmer, dict[int, float]]:
     """Fit the largest k once, evaluate every (k, alpha) on `val` from the same counts.
 
-    Returns (best model, {k: validation bits/base at that k's best alpha}); the model's
+    `val`: token arrays (every base predicted from its clean neighbours), or
+    `mlm.MaskedBatch`es (bits at their chosen positions, other masks in the context: choose
+    k and alpha for the figure an MLM validation reports). Returns (best model, {k: validation bits/base at that k's best alpha}); the model's
     `.k` and `.alpha` are the pair with the lowest validation bits/base.
     """
     ks = sorted(set(int(k) for k in ks))
@@ -623,10 +625,26 @@ def best_kmer2(
     if not ks or not alphas:
         raise ConfigError("best_kmer2: no k or no alpha given")
     full = TwoSidedKmer(ks[-1], alphas[0]).fit(train, both_strands=both_strands)
-    scores = {(k, a): full.truncated(k, a).bits_per_base(val) for k in ks for a in alphas}
+    scores = {(k, a): _kmer2_val_bits(full.truncated(k, a), val) for k in ks for a in alphas}
     table = {k: min(scores[k, a] for a in alphas) for k in ks}
     k_best, a_best = min(scores, key=scores.get)
     return full.truncated(k_best, a_best), table
+
+
+def _kmer2_val_bits(model: TwoSidedKmer, val) -> float:
+    """Validation bits/base of `model` on arrays or on masked batches (see best_kmer2)."""
+    val = list(val)
+    if val and hasattr(val[0], "input_ids"):
+        from mamba_dna.mlm import masked_bits  # torch only when masked batches are given
+
+        total = n = 0
+        for b in val:
+            bits, c = masked_bits(model.masked_log_probs(b.input_ids), b)
+            total, n = total + bits, n + c
+        if n == 0:
+            raise InputError("best_kmer2: the masked validation batches have no chosen position")
+        return total / n
+    return model.bits_per_base(val)
 
 
 def parse_kmer2_spec(spec: str) -> int | None:

@@ -463,6 +463,11 @@ def test_kmer2_recovers_a_two_sided_dependency_markov_cannot():
     assert table[0] == pytest.approx(2.0, abs=0.01)
     assert best.k >= 1 and table[best.k] < table[0] - 0.5
     assert two < one - 0.3
+    # chosen on MLM-masked validation batches (other masks in the context): still k >= 2
+    vb = mask_tokens(torch.from_numpy(val[:40_000].reshape(-1, 400).astype(np.int64)), torch.Generator().manual_seed(0))
+    bm, tm = best_kmer2([train], [vb], ks=range(0, 4), alphas=(2.0, 32.0))
+    bits, n = masked_bits(bm.masked_log_probs(vb.input_ids), vb)
+    assert bm.k >= 2 and bits / n == pytest.approx(tm[bm.k], rel=1e-9) and tm[bm.k] < 1.5
     # iid bases: no context helps, k = 0 (or one within noise of it) is chosen
     iid = [rng.integers(A, T + 1, 100_000).astype(np.uint8) for _ in range(2)]
     b0, t0 = best_kmer2([iid[0]], [iid[1]], ks=range(0, 4))
