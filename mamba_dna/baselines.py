@@ -328,7 +328,7 @@ KMER2_FORMAT = "mamba-dna-kmer2"
 # (48 kb) and H. pylori (1.65 Mb) prefer 32-64; 2 lets k >= 4 overfit badly on small genomes.
 KMER2_ALPHAS = (2.0, 8.0, 32.0, 128.0)
 KMER2_DEFAULT_ALPHA = 32.0
-KMER2_MAX_WILDCARDS = 2  # MASKs marginalised per context (4**2 lookups); a third one backs off
+KMER2_MAX_WILDCARDS = 2  # MASKs marginalised per context (4**2 lookups; fixed: _log_probs_np expands at most 2)
 
 
 def _two_sided(
