@@ -127,15 +127,28 @@ def _fetch(repo_id: str, revision: str | None, label: str) -> Path:
     offline = hub_offline()
     cache = hub_cache_dir()
     where = f"the local Hugging Face cache ({cache})"
-    try:
-        folder = huggingface_hub.snapshot_download(
+
+    def download(local_only: bool) -> str:
+        return huggingface_hub.snapshot_download(
             repo_id,
             revision=revision,
             cache_dir=cache,
             allow_patterns=ALLOW_PATTERNS,
             ignore_patterns=IGNORE_PATTERNS,
-            local_files_only=offline,
+            local_files_only=local_only,
         )
+
+    if not offline and revision is not None and _SHA.fullmatch(revision):
+        # a commit never changes: a complete cached snapshot needs no Hub round trip (without
+        # internet huggingface_hub would otherwise retry its file listing for ~20 s first)
+        try:
+            folder = download(local_only=True)
+            if _snapshot_problem(Path(folder)) is None:
+                return Path(folder)
+        except hf_errors.LocalEntryNotFoundError:
+            pass
+    try:
+        folder = download(local_only=offline)
     except hf_errors.GatedRepoError:
         raise InputError(
             f"{label}: the repository is gated; accept its terms on huggingface.co and log in "
@@ -193,13 +206,19 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _check_snapshot(folder: Path, label: str) -> None:
+def _snapshot_problem(folder: Path) -> str | None:
+    """What a snapshot lacks to be a model directory, or None."""
     if not (folder / "config.json").is_file():
-        raise InputError(f"{label}: the repository has no config.json (not a model repository?)")
+        return "the repository has no config.json (not a model repository?)"
     has_weights = any((folder / name).is_file() for name in WEIGHT_FILES) or any(
         folder.glob("*.safetensors")
     )
     if not has_weights:
-        raise InputError(
-            f"{label}: the repository has no weights ({' or '.join(WEIGHT_FILES)} / *.safetensors)"
-        )
+        return f"the repository has no weights ({' or '.join(WEIGHT_FILES)} / *.safetensors)"
+    return None
+
+
+def _check_snapshot(folder: Path, label: str) -> None:
+    problem = _snapshot_problem(folder)
+    if problem is not None:
+        raise InputError(f"{label}: {problem}")
