@@ -15,8 +15,9 @@ Where the ids come from, in this order (only JSON / text is read, never a `*.py`
    seven special tokens fixed ids, [CLS]0 [SEP]1 [BOS]2 [MASK]3 [PAD]4 [RESERVED]5 [UNK]6, then
    numbers the characters on from 7 in the order the config lists them (A C G T N -> 7..11); the
    model's embedding is padded further (config.json `vocab_size`, 16 for Caduceus). Where the
-   file also carries transformers' `added_tokens_decoder` (id -> special token), those ids are
-   used instead and the characters follow the largest of them. Input is upper-cased.
+   file also carries transformers' `added_tokens_decoder` (id -> special token) and it
+   contradicts that layout, its ids are used instead and the characters follow the largest of
+   them. Input is upper-cased.
 3. `vocab.json` (token -> id) or `vocab.txt` (one token a line, id = line number).
 
 Special-token names come from `tokenizer_config.json` / `special_tokens_map.json` (`mask_token`,
@@ -382,11 +383,16 @@ def _character_tokenizer_vocab(tcfg: dict, path: Path) -> dict[str, int]:
     if decoder is not None:  # transformers >= 4.34 records the special tokens' real ids here
         if not isinstance(decoder, dict) or not decoder:
             raise InputError(f"{path}: added_tokens_decoder must be a non-empty id -> token object")
-        specials = {}
+        recorded: dict[str, int] = {}
         for key, entry in decoder.items():
             if not str(key).isdigit():
                 raise InputError(f"{path}: added_tokens_decoder key {key!r} is not a token id")
-            specials[_token_name(entry, path, f"added_tokens_decoder[{key}]")] = int(key)
+            recorded[_token_name(entry, path, f"added_tokens_decoder[{key}]")] = int(key)
+        # transformers records only the tokens it treats as special (not [RESERVED]): where
+        # they agree with the fixed layout, keep the layout; where not, the file is the truth
+        by_id = {i: t for t, i in specials.items()}
+        agrees = all(specials.get(t, i) == i and by_id.get(i, t) == t for t, i in recorded.items())
+        specials = specials | recorded if agrees else recorded
     first = max(specials.values()) + 1
     tokens = dict(specials)
     for k, ch in enumerate(chars):

@@ -171,6 +171,14 @@ def test_added_tokens_decoder_overrides_special_ids(tmp_path):
     assert (v.mask_id, v.pad_id) == (6, 7)
 
 
+def test_added_tokens_decoder_subset_keeps_the_fixed_layout(tmp_path):
+    # what transformers >= 4.34 saves for the 7-special CaduceusTokenizer: no [RESERVED]
+    decoder = {str(i): {"content": t} for t, i in
+               [("[CLS]", 0), ("[SEP]", 1), ("[BOS]", 2), ("[MASK]", 3), ("[PAD]", 4)]}
+    v = read_external_vocab(_write(tmp_path / "m", _caduceus_files(added_tokens_decoder=decoder)))
+    assert v.ids_for_ours.tolist() == CADUCEUS_IDS and v.tokens["[RESERVED]"] == 5
+
+
 def test_complement_map_checked_against_base_ids(tmp_path):
     good = {str(i): i for i in range(16)} | {"7": 10, "8": 9, "9": 8, "10": 7}
     d = _write(tmp_path / "m", _caduceus_files() | {"config.json": {"vocab_size": 16,
