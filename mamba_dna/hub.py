@@ -82,7 +82,14 @@ def resolve_model_dir(spec: str | os.PathLike) -> Path:
     if parsed is None:
         path = Path(spec)
         if not path.exists():
-            raise InputError(f"{path}: no such model directory")
+            parts = os.fspath(spec).split("/")
+            looks_like_hub = len(parts) == 2 and all(_ID_PART.fullmatch(p) for p in parts)
+            raise InputError(
+                f"{path}: no such model directory",
+                hint=f"for the Hugging Face Hub repository write hf:{os.fspath(spec)}"
+                if looks_like_hub
+                else None,
+            )
         return path
     repo_id, revision = parsed
     label = f"hf:{repo_id}" + (f"@{revision}" if revision else "")

@@ -159,6 +159,10 @@ def test_plain_path_returned_as_is(tmp_path):
     with pytest.raises(InputError, match="no such model directory") as e:
         hub.resolve_model_dir(tmp_path / "absent")
     assert str(tmp_path / "absent") in _one_line(e)
+    with pytest.raises(InputError) as e:
+        hub.resolve_model_dir("no-such-org/PlantCaduceus_l32")  # a Hub id without hf:
+    assert e.value.one_line().endswith("(for the Hugging Face Hub repository write "
+                                       "hf:no-such-org/PlantCaduceus_l32)")
 
 
 # --- offline resolution from a Hub-layout cache ----------------------------------------------------
