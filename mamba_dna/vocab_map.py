@@ -32,7 +32,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,7 @@ _DEFAULT_NAMES = {
 _BASES = "ACGT"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: an ndarray field has no truth value
 class ExternalVocab:
     """A checkpoint's vocabulary and the map from mamba-dna ids to it.
 
@@ -102,7 +102,11 @@ class ExternalVocab:
     lowercase: bool
     unk_id: int = -1
     source: str = ""
-    _missing: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """mamba-dna tokens the checkpoint has no id for (e.g. <bos>, <eos> for PlantCaduceus)."""
+        return tuple(VOCAB[i] for i in range(VOCAB_SIZE) if self.ids_for_ours[i] < 0)
 
     def map_ids(self, ours):
         """mamba-dna ids (torch tensor or numpy array, any shape) -> the checkpoint's ids.
@@ -121,7 +125,7 @@ class ExternalVocab:
             self._check_range(lo, hi)
             table = torch.as_tensor(self.ids_for_ours, device=ours.device)  # (9,) int64
             mapped = table[ours.long()]  # same shape as ours
-            if self._missing and bool((mapped < 0).any()):
+            if self.missing and bool((mapped < 0).any()):
                 self._raise_missing(torch.unique(ours[mapped < 0]).tolist())
             return mapped
         arr = np.asarray(ours)
@@ -131,7 +135,7 @@ class ExternalVocab:
             return arr.astype(np.int64)
         self._check_range(int(arr.min()), int(arr.max()))
         mapped = self.ids_for_ours[arr]  # same shape as arr, int64
-        if self._missing and (mapped < 0).any():
+        if self.missing and (mapped < 0).any():
             self._raise_missing(np.unique(arr[mapped < 0]).tolist())
         return mapped
 
@@ -146,12 +150,12 @@ class ExternalVocab:
         idx = np.where(self.ids_for_ours < 0, 0, self.ids_for_ours)
         if torch is not None and isinstance(logits, torch.Tensor):
             out = logits[..., torch.as_tensor(idx, device=logits.device)]  # (..., 9)
-            if self._missing:
+            if self.missing:
                 have = torch.as_tensor(self.ids_for_ours >= 0, device=logits.device)
                 out = out.masked_fill(~have, fill)
             return out
         out = np.asarray(logits)[..., idx]
-        if self._missing:
+        if self.missing:
             out = np.where(self.ids_for_ours >= 0, out, fill)
         return out
 
@@ -281,7 +285,6 @@ def read_external_vocab(
         lowercase=lowercase,
         unk_id=unk_id,
         source=str(source),
-        _missing=tuple(VOCAB[i] for i in range(VOCAB_SIZE) if ids[i] < 0),
     )
 
 

@@ -230,6 +230,7 @@ def test_map_ids_shapes_dtypes_and_gaps(tmp_path):
     got = v.map_ids(ours)
     assert got.dtype == torch.long and got.shape == (2, 3)
     assert got.tolist() == [[3, 4, 5], [6, 2, 1]]
+    assert v.missing == ("<bos>", "<eos>")
     assert v.map_ids(np.array([], dtype=np.int64)).shape == (0,)
     with pytest.raises(InputError) as e:
         v.map_ids(torch.tensor([tk.A, tk.BOS, tk.EOS]))
