@@ -375,3 +375,31 @@ def test_unmapped_token_is_an_error():
     model = load_caduceus_dir(d, external_ids=PLANT_IDS)
     with pytest.raises(InputError, match="no token for <bos>"):
         model(torch.tensor([[1, 4, 5]]))
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_load_model_reads_the_vocabulary_and_hf_cache_offline(name, tmp_path, monkeypatch):
+    """load_model on the directory (vocabulary from its tokenizer files) and on hf:ORG/NAME
+    from a hub-layout cache with HF_HUB_OFFLINE=1 give the real code's numbers."""
+    from huggingface_hub import constants as hf_constants
+
+    d = fixture(name)
+    exp = expected(d)
+    model = load_model(d)
+    assert isinstance(model, CaduceusLM) and model.config.external_ids == ext_ids(name)
+    root = tmp_path / "hf" / "hub"
+    snap = root / "models--org--tiny" / "snapshots" / ("ab" * 20)
+    snap.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "tokenizer_config.json", "tokenizer.json"):
+        if (d / f).exists():
+            shutil.copy(d / f, snap / f)
+    (snap / "modeling_caduceus.py").write_text("raise SystemExit('never imported')\n")
+    (root / "models--org--tiny" / "refs").mkdir()
+    (root / "models--org--tiny" / "refs" / "main").write_text("ab" * 20)
+    monkeypatch.setenv("HF_HOME", str(root.parent))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(root))
+    hub_model = load_model("hf:org/tiny")
+    check_against_fixture(hub_model, exp)
