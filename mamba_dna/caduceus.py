@@ -1,0 +1,568 @@
+"""Bidirectional and reverse-complement-equivariant Mamba: BiMamba, Caduceus-PS / -Ph, CaduceusLM.
+
+Architecture (Schiff et al. 2024, "Caduceus: Bi-Directional Equivariant Long-Range DNA
+Sequence Modeling"), reproducing what the published checkpoints compute with
+`fused_add_norm: true`:
+
+* BiMamba: a forward Mamba over the sequence plus a second Mamba over the flipped sequence,
+  its output flipped back, combined by `add` or `ew_multiply`; with `bidirectional_weight_tie`
+  the two share in_proj and out_proj (conv, x_proj, dt_proj, A, D stay per direction).
+* Caduceus-PS (`rcps`): the hidden stream has 2 x d_model channels, [forward half | RC half].
+  The embedding writes E(ids) into the first half and rc(E(rc(ids))) into the second
+  (rc = flip positions and channels); every block runs ONE set of weights on the first half
+  and on rc(second half); the LM head adds W h_fwd and the complement-permuted W rc(h_rc).
+  The fused add+norm of the real code normalises the SECOND half of (hidden + residual) as the
+  forward strand and rc(FIRST half) as the RC strand, i.e. it swaps the two halves (each
+  reverse-complemented) in every block; the residual it returns is swapped the same way. The
+  final norm does not swap. The fixture numbers (tests/test_caduceus.py) pin this down.
+* Caduceus-Ph: the same bidirectional backbone without sharing (d_model channels); a caller
+  that wants strand-symmetric output asks for `rc_average=True` (post-hoc conjoining: the mean
+  of the forward pass and the flipped pass over the reverse complement).
+
+How it runs (one representation for both variants, "stacked"): the PS halves are stacked on
+the batch, (2 * batch, L, d_model) = [forward half ; rc(RC half)], so one set of weights runs
+them as one batch; the two directions of a BiMamba run in ONE selective-scan call, stacked
+along channels (batch, 2 * d_inner, L) with two B/C groups, in "scan time" (the reverse
+direction's positions flipped). On CPU a long sequence runs in tiles of scan time with both
+directions' conv and SSM states carried (the forward one left to right, the reverse one right
+to left), so tiling never lets the future into the forward direction nor the past into the
+reverse one. Nothing of size (L, d_inner, d_state) exists on the CPU or Triton path.
+
+This module does no I/O besides `save_pretrained` / `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from mamba_dna import __version__
+from mamba_dna.errors import ConfigError, InputError
+from mamba_dna.kernels import causal_conv1d_fn, selective_scan_fn
+from mamba_dna.model import (
+    CONFIG_NAME,
+    DNA_TOKENIZER,
+    VERSION_NAME,
+    WEIGHTS_NAME,
+    MambaConfig,
+    MambaMixer,
+    RMSNorm,
+    _cpu_tile_tokens,
+)
+from mamba_dna.tokenizer import BASES, COMPLEMENT, VOCAB, VOCAB_SIZE
+
+ARCHITECTURE = "CaduceusLM"
+STRATEGIES = ("add", "ew_multiply")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class ModelConfig(MambaConfig):
+    """One config for causal Mamba, BiMamba, Caduceus-PS and Caduceus-Ph (config.json).
+
+    bidirectional=False, rcps=False is the causal Mamba (MambaLM); bidirectional=True is
+    BiMamba (Caduceus-Ph when rcps=False, Caduceus-PS when rcps=True). `complement_map[i]`
+    is the id of token i's complement in the model's own vocabulary (vocab_size entries; None
+    = our DNA vocabulary's, A<->T, C<->G). `fused_add_norm` selects the real code's fused path
+    (the one the published checkpoints ran; for PS it swaps the halves in every block).
+    `external_ids` (tokenizer "external"): for each of our 9 token ids the model's id, -1
+    where the model has none.
+    """
+
+    bidirectional: bool = False
+    bidirectional_strategy: str = "add"
+    bidirectional_weight_tie: bool = True
+    rcps: bool = False
+    complement_map: list[int] | None = None
+    fused_add_norm: bool = True
+    external_ids: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("bidirectional", "bidirectional_weight_tie", "rcps", "fused_add_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r}: expected true or false")
+        if self.bidirectional_strategy not in STRATEGIES:
+            raise ConfigError(f"ModelConfig.bidirectional_strategy={self.bidirectional_strategy!r}: "
+                              f"expected one of {', '.join(STRATEGIES)}")
+        if self.rcps and not self.bidirectional:
+            raise ConfigError("ModelConfig: rcps=true needs bidirectional=true here "
+                              "(a causal RC-equivariant model is not supported)")
+        if self.complement_map is not None:
+            cm = self.complement_map
+            if (not isinstance(cm, list) or len(cm) != self.vocab_size
+                    or any(not isinstance(v, int) or not 0 <= v < self.vocab_size for v in cm)):
+                raise ConfigError(f"ModelConfig.complement_map: expected {self.vocab_size} token ids "
+                                  f"in [0, {self.vocab_size})")
+        elif self.rcps and self.tokenizer != DNA_TOKENIZER:
+            raise ConfigError("ModelConfig: rcps=true with an external vocabulary needs complement_map")
+        if self.external_ids is not None:
+            e = self.external_ids
+            if (not isinstance(e, list) or len(e) != VOCAB_SIZE
+                    or any(not isinstance(v, int) or not -1 <= v < self.vocab_size for v in e)):
+                raise ConfigError(f"ModelConfig.external_ids: expected {VOCAB_SIZE} ids in "
+                                  f"[-1, {self.vocab_size})")
+        elif self.tokenizer != DNA_TOKENIZER and self.bidirectional:
+            raise ConfigError("ModelConfig: an external vocabulary needs external_ids "
+                              "(the model's id for each mamba-dna token)")
+
+    @property
+    def architecture(self) -> str:
+        return ARCHITECTURE if self.bidirectional else "MambaLM"
+
+    @property
+    def complement(self) -> list[int]:
+        """complement_map, or our DNA vocabulary's (identity past the 9 tokens)."""
+        if self.complement_map is not None:
+            return list(self.complement_map)
+        return [int(COMPLEMENT[i]) if i < VOCAB_SIZE else i for i in range(self.vocab_size)]
+
+    def to_json(self) -> str:
+        d = {"architecture": self.architecture, **self.to_dict(), "mamba_dna_version": __version__}
+        return json.dumps(d, indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _rc(x: torch.Tensor) -> torch.Tensor:
+    """Reverse complement of a hidden tensor (..., L, C): flip positions and channels."""
+    return x.flip(-2, -1)
+
+
+class BiMamba(nn.Module):
+    """Forward Mamba + Mamba over the flipped sequence: (batch, L, d_model) -> same.
+
+    `fwd` and `rev` are MambaMixers (rev None when not bidirectional); with `weight_tie`
+    rev.in_proj / rev.out_proj ARE fwd's (the same Parameters).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.fwd = MambaMixer(cfg, layer_idx)
+        self.rev = MambaMixer(cfg, layer_idx) if cfg.bidirectional else None
+        self.strategy = cfg.bidirectional_strategy
+        if self.rev is not None and cfg.bidirectional_weight_tie:
+            self.tie()
+
+    def tie(self) -> None:
+        self.rev.in_proj.weight = self.fwd.in_proj.weight
+        self.rev.in_proj.bias = self.fwd.in_proj.bias
+        self.rev.out_proj.weight = self.fwd.out_proj.weight
+        self.rev.out_proj.bias = self.fwd.out_proj.bias
+
+    def _dirs(self) -> list[MambaMixer]:
+        return [self.fwd] if self.rev is None else [self.fwd, self.rev]
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (batch, L, d_model) -> (batch, L, d_model)."""
+        b, L, d = u.shape
+        dirs = self._dirs()
+        nd = len(dirs)
+        m0 = self.fwd
+        di, N, R, K = m0.d_inner, m0.d_state, m0.dt_rank, self.cfg.d_conv
+        if not self.cfg.selective:
+            raise ConfigError("BiMamba: the LTI ablation (selective=false) is causal-only")
+        n = b * nd  # bmm batch: (row, direction) pairs
+
+        def bw(params: list[torch.Tensor], t: bool = False) -> torch.Tensor:
+            """Per-direction weights (rows, cols) -> (n, rows, cols) for one bmm; no copy when tied."""
+            ws = [p.t() if t else p for p in params]
+            if len(ws) == 1 or params[1] is params[0]:
+                return ws[0].expand(n, -1, -1)
+            return torch.stack(ws).expand(b, -1, -1, -1).reshape(n, *ws[0].shape)
+
+        def cat(ts):  # per-direction (di, ...) -> (nd * di, ...)
+            return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+        w_in = bw([m.in_proj.weight for m in dirs])  # (n, 2 di, d)
+        w_x, w_z = w_in[:, :di], w_in[:, di:]  # (n, di, d) each (views)
+        in_b = [m.in_proj.bias for m in dirs]
+        w_xp = bw([m.x_proj.weight for m in dirs])  # (n, R + 2N, di)
+        w_dt = bw([m.dt_proj.weight for m in dirs])  # (n, di, R)
+        w_out = bw([m.out_proj.weight for m in dirs], t=True)  # (n, di, d)
+        out_b = [m.out_proj.bias for m in dirs]
+        A = cat([-torch.exp(m.A_log.float()) for m in dirs])  # (nd di, N)
+        Dv = cat([m.D.float() for m in dirs])  # (nd di,)
+        dt_bias = cat([m.dt_proj.bias.float() for m in dirs])  # (nd di,)
+        conv_w = cat([m.conv1d.weight[:, 0, :] for m in dirs])  # (nd di, K)
+        conv_b = cat([m.conv1d.bias for m in dirs]) if m0.conv1d.bias is not None else None
+
+        tile = _cpu_tile_tokens(b, nd * di, L, u.device) or max(L, 1)
+        conv_state = ssm_state = None
+        outs_f, outs_r = [], []
+        for s in range(0, L, tile):
+            e = min(L, s + tile)
+            T = e - s
+            parts = [u[:, s:e]]  # forward direction: original positions [s, e)
+            if nd == 2:  # reverse direction: original positions [L-e, L-s), flipped
+                parts.append(u[:, L - e:L - s].flip(1))
+            U = torch.stack(parts, 1).reshape(n, T, d).transpose(1, 2)  # (n, d, T)
+            x = torch.bmm(w_x, U)  # (n, di, T)
+            z = torch.bmm(w_z, U)  # (n, di, T)
+            if in_b[0] is not None:
+                bx = torch.stack([bb[:di] for bb in in_b]).repeat(b, 1)[:, :, None]  # (n, di, 1)
+                bz = torch.stack([bb[di:] for bb in in_b]).repeat(b, 1)[:, :, None]
+                x, z = x + bx.to(x.dtype), z + bz.to(z.dtype)
+            x = x.view(b, nd * di, T)  # (batch, nd di, T): directions stacked along channels
+            z = z.view(b, nd * di, T)
+            if T >= K - 1:
+                new_conv = x[..., T - (K - 1):].clone()  # (batch, nd di, K - 1)
+            else:
+                prev = conv_state if conv_state is not None else x.new_zeros(b, nd * di, K - 1)
+                new_conv = torch.cat([prev.to(x.dtype), x], dim=-1)[..., T:].clone()
+            xc = causal_conv1d_fn(x, conv_w, conv_b, initial_state=conv_state, activation="silu")  # (batch, nd di, T)
+            x_dbl = torch.bmm(w_xp, xc.view(n, di, T))  # (n, R + 2N, T)
+            dt = torch.bmm(w_dt, x_dbl[:, :R])  # (n, di, T)
+            Bm = x_dbl[:, R:R + N].view(b, nd, N, T)  # (batch, groups = nd, N, T) view
+            Cm = x_dbl[:, R + N:].view(b, nd, N, T)
+            y, ssm_state = selective_scan_fn(
+                xc, dt.view(b, nd * di, T), A, Bm, Cm, Dv, z=z, delta_bias=dt_bias,
+                delta_softplus=True, return_last_state=True, initial_state=ssm_state,
+            )  # y (batch, nd di, T), state (batch, nd di, N) fp32
+            conv_state = new_conv
+            o = torch.bmm(y.view(n, di, T).transpose(1, 2), w_out.to(y.dtype))  # (n, T, d)
+            o = o.view(b, nd, T, d)
+            outs_f.append(o[:, 0] if out_b[0] is None else o[:, 0] + out_b[0])
+            if nd == 2:
+                outs_r.append(o[:, 1] if out_b[1] is None else o[:, 1] + out_b[1])
+        out = torch.cat(outs_f, 1) if len(outs_f) > 1 else outs_f[0]  # (batch, L, d)
+        if nd == 1:
+            return out
+        rev = (torch.cat(outs_r, 1) if len(outs_r) > 1 else outs_r[0]).flip(1)  # (batch, L, d), original order
+        return out + rev if self.strategy == "add" else out * rev
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    return RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.rms_norm else nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+class CaduceusBlock(nn.Module):
+    """Add + norm + BiMamba on the stacked stream (see the module docstring).
+
+    forward(h, r): h the previous mixer output (or the embedding), r the residual (None in the
+    first block) -> (mixer output, residual), both (rows, L, d_model) stacked.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = _norm(cfg)
+        self.mixer = BiMamba(cfg, layer_idx)
+
+    def forward(self, h: torch.Tensor, r: torch.Tensor | None):
+        cfg = self.cfg
+        s = h.float() if r is None else h.float() + r.float()  # add in fp32, as the fused kernel does
+        if cfg.rcps and cfg.fused_add_norm:
+            # the fused RCPS add+norm: [second half ; rc(first half)], each reverse-complemented
+            # in the stacked layout: swap the batch halves and rc both
+            rows = s.shape[0] // 2
+            s = s.view(2, rows, *s.shape[1:]).flip(0, 2, 3).reshape(s.shape)
+        r = s if cfg.residual_in_fp32 else s.to(h.dtype)
+        x = self.norm(s.to(self.norm.weight.dtype)).to(h.dtype)  # (rows, L, d_model)
+        return self.mixer(x), r
+
+
+# --------------------------------------------------------------------------- the LM
+
+
+class CaduceusLM(nn.Module):
+    """Bidirectional (optionally RC-equivariant) Mamba masked LM over mamba-dna token ids."""
+
+    is_causal = False
+
+    def __init__(self, config: ModelConfig | None = None, **kw):
+        super().__init__()
+        if config is None:
+            config = ModelConfig(**{"bidirectional": True, **kw})
+        elif kw:
+            raise TypeError("pass either a ModelConfig or keyword fields, not both")
+        if not config.bidirectional:
+            raise ConfigError("CaduceusLM needs bidirectional=true (a causal model is a MambaLM)")
+        self.config = config
+        cfg = config
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList([CaduceusBlock(cfg, i) for i in range(cfg.n_layer)])
+        self.norm_f = _norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.register_buffer("complement", torch.tensor(cfg.complement, dtype=torch.long), persistent=False)
+        # ours -> model ids (-1: none), and the model ids of our 9 tokens for the output
+        ext = cfg.external_ids if cfg.external_ids is not None else list(range(VOCAB_SIZE))
+        self.register_buffer("ext_ids", torch.tensor(ext, dtype=torch.long), persistent=False)
+        self._init_weights()
+        self.tie()
+
+    def tie(self) -> None:
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        for layer in self.layers:
+            if layer.mixer.rev is not None and self.config.bidirectional_weight_tie:
+                layer.mixer.tie()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """mamba_ssm / Caduceus initialisation (embedding normal, out_proj rescaled)."""
+        import math
+
+        cfg = self.config
+        nn.init.normal_(self.embedding.weight, std=cfg.initializer_range)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
+                nn.init.zeros_(m.bias)
+        if cfg.rescale_prenorm_residual:
+            for layer in self.layers:
+                for mixer in layer.mixer._dirs():
+                    w = mixer.out_proj.weight
+                    nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                    w /= math.sqrt(cfg.n_layer)
+
+    @property
+    def name(self) -> str:
+        kind = "caduceus-ps" if self.config.rcps else "caduceus-ph"
+        return f"{kind}-{self.config.n_layer}x{self.config.d_model}"
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- the model in its own vocabulary
+
+    def _check_ext(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.dtype.is_floating_point:
+            raise InputError(f"input_ids: expected (batch, L) integer token ids, got {tuple(ids.shape)} {ids.dtype}")
+        ids = ids.long()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise InputError(f"input_ids: ids must lie in [0, {self.config.vocab_size})")
+        return ids
+
+    def _stack_embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (batch, L) model ids -> stacked embedding: PS (2 batch, L, d), Ph (batch, L, d)."""
+        if not self.config.rcps:
+            return self.embedding(ids)
+        rc_ids = self.complement[ids.flip(1)]  # (batch, L): the reverse-complement strand
+        return self.embedding(torch.cat([ids, rc_ids], 0))  # (2 batch, L, d)
+
+    def _unstack(self, x: torch.Tensor) -> torch.Tensor:
+        """Stacked (2 batch, L, d) -> the real code's layout (batch, L, 2 d) [fwd | RC half]."""
+        if not self.config.rcps:
+            return x
+        b = x.shape[0] // 2
+        return torch.cat([x[:b], _rc(x[b:])], dim=-1)
+
+    def _final_norm(self, s: torch.Tensor) -> torch.Tensor:
+        return self.norm_f(s.to(self.norm_f.weight.dtype))
+
+    def _backbone(self, ids: torch.Tensor, upto: int, collect: bool):
+        """Stacked embedding + `upto` blocks -> (h, r, hidden-states list in stacked layout)."""
+        h = self._stack_embed(ids)  # (rows, L, d)
+        r = None
+        states = []
+        use_ckpt = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layers[:upto]:
+            if collect:
+                states.append(h)
+            if use_ckpt and r is not None:
+                h, r = checkpoint(layer, h, r, use_reentrant=False)
+            else:
+                h, r = layer(h, r)
+        return h, r, states
+
+    def forward_external(self, ids: torch.Tensor, output_hidden_states: bool = False):
+        """The real code's forward in the model's own vocabulary.
+
+        ids (batch, L) model ids -> (logits (batch, L, vocab_size) fp32, hidden-states list or
+        None). The list is filled as the real code fills it: [embedding output, what enters
+        block 1 (block 0's mixer output, before its residual is added), ..., what enters the
+        last block, the final normed output (fused_add_norm only)]; PS entries have 2 x d_model
+        channels [forward half | RC half].
+        """
+        ids = self._check_ext(ids)
+        h, r, states = self._backbone(ids, self.config.n_layer, output_hidden_states)
+        final = self._final_norm(h.float() + r.float() if r is not None else h.float())  # (rows, L, d)
+        logits = self._head(final)
+        if not output_hidden_states:
+            return logits, None
+        hs = [self._unstack(x) for x in states]
+        if self.config.fused_add_norm:
+            hs.append(self._unstack(final))
+        return logits, hs
+
+    def _head(self, final: torch.Tensor) -> torch.Tensor:
+        """Stacked final hidden -> logits (batch, L, vocab) fp32; PS folds both halves back."""
+        lg = F.linear(final, self.lm_head.weight.to(final.dtype)).float()  # (rows, L, vocab)
+        if not self.config.rcps:
+            return lg
+        b = lg.shape[0] // 2
+        return lg[:b] + lg[b:].flip(1)[..., self.complement]
+
+    # -- the model on mamba-dna ids (the CONTRACT protocol)
+
+    def to_model_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Our token ids (batch, L) -> the model's ids; a token it has no id for is an InputError."""
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.dtype.is_floating_point:
+            raise InputError(f"input_ids: expected (batch, L) integer token ids, got {tuple(ids.shape)} {ids.dtype}")
+        ids = ids.long()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= VOCAB_SIZE):
+            raise InputError(f"input_ids: mamba-dna token ids must lie in [0, {VOCAB_SIZE})")
+        out = self.ext_ids[ids]  # (batch, L)
+        if ids.numel() and int(out.min()) < 0:
+            bad = sorted({VOCAB[int(t)] for t in ids[out < 0].unique()})
+            raise InputError(f"input_ids: the model's vocabulary has no token for {', '.join(bad)}")
+        return out
+
+    def _to_ours(self, logits: torch.Tensor) -> torch.Tensor:
+        """(batch, L, vocab_size) model logits -> (batch, L, 9) ours (-inf where the model has no token)."""
+        sel = self.ext_ids.clamp(min=0)
+        out = logits[..., sel]
+        return out.masked_fill((self.ext_ids < 0), float("-inf"))
+
+    def _rc_ours(self, ids: torch.Tensor) -> torch.Tensor:
+        comp = torch.as_tensor(COMPLEMENT, device=ids.device).long()
+        return comp[ids.flip(1)]
+
+    def forward(self, ids: torch.Tensor, rc_average: bool = False) -> torch.Tensor:
+        """ids (batch, L) our tokens -> logits (batch, L, 9) fp32 in our vocabulary.
+
+        rc_average: the mean with the flipped, complement-permuted logits of the reverse
+        complement (post-hoc conjoining; PS is equivariant already, so it costs nothing there).
+        """
+        logits, _ = self.forward_external(self.to_model_ids(ids))
+        logits = self._to_ours(logits)  # (batch, L, 9)
+        if rc_average and not self.config.rcps:
+            ids = ids if ids.dim() == 2 else ids[None]
+            rc_logits, _ = self.forward_external(self.to_model_ids(self._rc_ours(ids.long())))
+            comp = torch.as_tensor(COMPLEMENT, device=logits.device).long()
+            logits = 0.5 * (logits + self._to_ours(rc_logits).flip(1)[..., comp])
+        return logits
+
+    def masked_log_probs(self, ids: torch.Tensor, rc_average: bool = False) -> torch.Tensor:
+        """ids (batch, L) -> (batch, L, 4) log-softmax over A, C, G, T at every position."""
+        logits = self.forward(ids, rc_average=rc_average)
+        return torch.log_softmax(logits[..., list(BASES)], dim=-1)
+
+    def hidden(self, ids: torch.Tensor, layer: int | None = None, rc_average: bool = False) -> torch.Tensor:
+        """Embeddings (batch, L, channels) fp32; channels 2 x d_model for PS (the real layout).
+
+        layer None: the final normed output (what the LM head sees); layer k in [0, n_layer]:
+        the residual stream after k blocks (0 = embedding output); negative k counts from the end.
+        rc_average: strand-symmetric (batch, L, d_model): PS averages the forward half with the
+        channel-flipped RC half; Ph averages with the flipped pass over the reverse complement.
+        """
+        n = self.config.n_layer
+        if layer is not None:
+            k = layer + n + 1 if layer < 0 else layer
+            if not 0 <= k <= n:
+                raise ConfigError(f"layer={layer}: expected an integer in [{-n - 1}, {n}] or None")
+        else:
+            k = None
+
+        def one(model_ids):
+            h, r, _ = self._backbone(model_ids, n if k is None else k, False)
+            s = h.float() if r is None else h.float() + r.float()
+            out = self._final_norm(s).float() if k is None else s
+            return self._unstack(out)  # (batch, L, C)
+
+        ids = ids if ids.dim() == 2 else ids[None]
+        out = one(self.to_model_ids(ids))
+        if not rc_average:
+            return out
+        if self.config.rcps:
+            d = self.config.d_model
+            return 0.5 * (out[..., :d] + out[..., d:].flip(-1))
+        rev = one(self.to_model_ids(self._rc_ours(ids.long())))
+        return 0.5 * (out + rev.flip(1))
+
+    # -- save / load (our own format)
+
+    def _tied_names(self) -> set[str]:
+        names = set()
+        if self.config.tie_embeddings:
+            names.add("lm_head.weight")
+        if self.config.bidirectional_weight_tie:
+            for i in range(self.config.n_layer):
+                for p in ("in_proj", "out_proj"):
+                    names.add(f"layers.{i}.mixer.rev.{p}.weight")
+                    names.add(f"layers.{i}.mixer.rev.{p}.bias")
+        return names
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """config.json (architecture CaduceusLM), model.safetensors (tied tensors once), version."""
+        from safetensors.torch import save_file
+
+        from mamba_dna.fsutil import atomic_path
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tied = self._tied_names()
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k not in tied}
+        with atomic_path(d / WEIGHTS_NAME) as tmp:
+            save_file(sd, str(tmp), metadata={"format": "pt", "mamba_dna_version": __version__})
+        with atomic_path(d / VERSION_NAME) as tmp:
+            tmp.write_text(__version__ + "\n")
+        with atomic_path(d / CONFIG_NAME) as tmp:
+            tmp.write_text(self.config.to_json())
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location="cpu") -> CaduceusLM:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from mamba_dna.fsutil import read_json_object
+
+        d = Path(directory)
+        cfg_d = read_json_object(d / CONFIG_NAME, f"a model directory holds {CONFIG_NAME}")
+        cfg = ModelConfig.from_dict(cfg_d, where=str(d / CONFIG_NAME))
+        wpath = d / WEIGHTS_NAME
+        if not wpath.exists():
+            raise InputError(f"{wpath}: no such file (the weights of {d})")
+        try:
+            sd = load_file(str(wpath))
+        except (SafetensorError, OSError) as e:
+            raise InputError(f"{wpath}: cannot read safetensors ({e})") from None
+        model = cls(cfg)
+        model.load_weights(sd, where=str(wpath))
+        return model.to(map_location) if map_location is not None else model
+
+    def load_weights(self, sd: dict[str, torch.Tensor], where: str = "state dict") -> None:
+        """Strict load of our names; tied tensors may be absent. Names every problem (InputError)."""
+        own = {k: v for k, v in self.state_dict().items() if k not in self._tied_names()}
+        sd = {k: v for k, v in sd.items() if k not in self._tied_names() or k in own}
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        misshaped = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
+                           for k in set(own) & set(sd) if tuple(sd[k].shape) != tuple(own[k].shape))
+        problems = []
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if names:
+                shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+                problems.append(f"{what}: {shown}")
+        if problems:
+            raise InputError(f"{where}: weights do not match the config: " + "; ".join(problems))
+        for k, v in sd.items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise InputError(f"{where}: tensor {k} has non-finite values (NaN or inf)")
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(sd[k].to(v.dtype))
+        self.tie()
+
+
+__all__ = ["ARCHITECTURE", "BiMamba", "CaduceusBlock", "CaduceusLM", "ModelConfig"]
