@@ -24,6 +24,23 @@ back, so that the load of a shared machine hits them alike.
 
 Metrics: `score` + `evaluate_labelled` on the labelled sets for markov:6 and, with --model, a
 network model (its rows add EMB_COS / EMB_L2: AUROC ranks larger distances as damaging).
+
+Masked models (`--masked`; `--masked-only` skips the causal tables):
+* speed: MLM_LLR (`mamba_dna.mlm.mlm_llr`, one masked 512 bp window per distinct position, the
+  variant at 255, batched as `score` batches) on the BRCA1 SNVs with a random Caduceus-PS of
+  PlantCaduceus_l20's size (d_model 384, 20 layers), beside the SAME windows through the plain
+  sequential-scan peer (bench/caduceus.py's `peer_scan`: the same module with the scan swapped
+  for a PyTorch loop over positions that materialises (batch, d_inner, L, d_state); the
+  reference conv; no tiling), whose MLM_LLR is checked against ours first. Ours runs on
+  `--masked-n` distinct positions (all if 0) and the peer on `--peer-n` (it is slow); both are
+  extrapolated linearly to the whole set, and the table says how many were timed. Unmasked LLR
+  (`unmasked_llr`: 512 bp tiles every 256 bp holding a variant, every SNV read off them) runs on
+  the whole set. Per variant, MLM_LLR costs one 512-token window per distinct position and the
+  unmasked LLR 512 tokens per 256 bp tile holding a variant: the ratio is bounded by
+  (positions x 512) / (tiles x 512), printed beside the measured one.
+* metrics: AUROC of zero-shot scores on BRCA1 (LOF vs the rest) and human mtDNA (pathogenic vs
+  common) through the whole `score` path: kmer2:auto (MLM_LLR), markov:auto (LLR) and the
+  PlantCaduceus-layout fixture checkpoint (a random model: plumbing only), + `--masked-model`.
 """
 
 from __future__ import annotations
@@ -223,6 +240,127 @@ def metrics(args):
         print(f"| {m} | {name} | {what} | {col} | {n:,} | {v:.3f} | {dt:.1f} |")
 
 
+MODELS = DATA / "models"
+
+
+def _ps_l20():
+    from mamba_dna.caduceus import CaduceusLM, ModelConfig
+
+    torch.manual_seed(0)
+    return CaduceusLM(ModelConfig(d_model=384, n_layer=20, bidirectional=True, rcps=True)).eval()
+
+
+class _Peer:
+    """Within the block, Caduceus runs through bench/caduceus.py's plain sequential scan."""
+
+    def __enter__(self):
+        from caduceus import peer_scan  # bench/caduceus.py
+
+        import mamba_dna.caduceus as cad
+
+        self._cad, self._real = cad, cad.selective_scan_fn
+        self._env = {k: os.environ.get(k) for k in ("MAMBA_DNA_BACKEND", "MAMBA_DNA_CPU_TILE")}
+        os.environ["MAMBA_DNA_BACKEND"], os.environ["MAMBA_DNA_CPU_TILE"] = "ref", "0"
+        cad.selective_scan_fn = peer_scan
+        return self
+
+    def __exit__(self, *exc):
+        self._cad.selective_scan_fn = self._real
+        for k, v in self._env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def masked_speed(args):
+    from mamba_dna.pipelines.score.masked import masked_batch
+
+    from mamba_dna.mlm import mlm_llr, unmasked_llr
+
+    model = _ps_l20()
+    x, starts, refs, alts = load_set("brca1")
+    ref1 = np.array([r[0] for r in refs])
+    alt1 = np.array([a[0] for a in alts])
+    uniq = np.unique(starts)
+    n_all, u_all = starts.size, uniq.size
+    bs = args.batch_size or masked_batch(model, 512, None)
+    rng = np.random.default_rng(0)
+
+    def subset(k):
+        if k <= 0 or k >= u_all:
+            return np.arange(n_all), u_all
+        pick = np.sort(rng.choice(uniq, k, replace=False))
+        return np.flatnonzero(np.isin(starts, pick)), k
+
+    def timed(fn, idx):
+        t = time.perf_counter()
+        res = fn(model, x, starts[idx], ref1[idx], alt1[idx], batch_size=bs)
+        return time.perf_counter() - t, res
+
+    # the peer first on a few positions (its MLM_LLR must equal ours), then ours
+    p_idx, p_u = subset(args.peer_n)
+    with _Peer():
+        t_peer, r_peer = timed(mlm_llr, p_idx)
+    t_ours_p, r_ours_p = timed(mlm_llr, p_idx)
+    diff = float(np.nanmax(np.abs(r_peer.score - r_ours_p.score)))
+    o_idx, o_u = subset(args.masked_n)
+    t_ours, r_ours = timed(mlm_llr, o_idx)
+    t_unm, r_unm = timed(unmasked_llr, np.arange(n_all))
+    per_pos_ours, per_pos_peer = t_ours / o_u, t_peer / p_u
+    full_ours, full_peer = per_pos_ours * u_all, per_pos_peer * u_all
+    tiles = np.unique(uniq // 256).size
+    print(f"\n## MLM_LLR speed, BRCA1 SGE ({n_all:,} SNVs at {u_all:,} distinct positions): {cpu_model()}, "
+          f"{os.cpu_count()} CPUs (shared with other jobs), {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, random Caduceus-PS d_model 384 x 20 layers "
+          f"({model.num_parameters() / 1e6:.1f}M parameters), 512 bp windows, batch {bs}, fp32, CPU\n")
+    print(f"peer check: max |MLM_LLR ours - peer| over {p_idx.size} SNVs = {diff:.2e}\n")
+    print("| method | positions timed | SNVs timed | time (s) | SNVs/s | whole set (s) | note |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| peer (sequential scan) MLM_LLR | {p_u:,} | {p_idx.size:,} | {t_peer:,.1f} | "
+          f"{p_idx.size / t_peer:,.2f} | {full_peer:,.0f} (extrapolated) | |")
+    print(f"| ours MLM_LLR, same positions | {p_u:,} | {p_idx.size:,} | {t_ours_p:,.1f} | "
+          f"{p_idx.size / t_ours_p:,.2f} | | {t_peer / t_ours_p:,.1f}x the peer |")
+    how = "measured" if o_u == u_all else "extrapolated"
+    print(f"| ours MLM_LLR | {o_u:,} | {o_idx.size:,} | {t_ours:,.1f} | {o_idx.size / t_ours:,.2f} | "
+          f"{full_ours:,.0f} ({how}) | {full_peer / full_ours:,.1f}x the peer per position |")
+    print(f"| ours unmasked LLR (approximation) | {u_all:,} | {n_all:,} | {t_unm:,.1f} | {n_all / t_unm:,.2f} | "
+          f"{t_unm:,.0f} (measured) | {full_ours / t_unm:,.1f}x MLM_LLR per variant; "
+          f"{r_unm.n_windows:,} tiles vs {u_all:,} masked windows: bound {u_all / r_unm.n_windows:,.1f}x |")
+    print(f"\nwhole BRCA1 set, MLM_LLR with this model on this machine: {full_ours:,.0f} s "
+          f"({full_ours / 60:,.1f} min; {how}); tiles holding a variant (stride 256): {tiles:,}")
+
+
+def masked_metrics(args):
+    specs = [("brca1", "LOF vs FUNC+INT"), ("mtdna", "pathogenic vs common")]
+    models = [("kmer2:auto", "kmer2:auto (fit on the reference)", ("mlm",), "mlm_llr"),
+              ("markov:auto", "markov:auto (fit on the reference)", ("llr",), "llr")]
+    plant = MODELS / "caduceus_plant"
+    if plant.is_dir():
+        models.append((str(plant), "PlantCaduceus-layout fixture (random, 2x32)", ("mlm", "llr"), "mlm_llr,llr"))
+    if args.masked_model:
+        models.append((args.masked_model, f"model {args.masked_model}", ("mlm", "llr"), "mlm_llr,llr"))
+    out = []
+    with tempfile.TemporaryDirectory() as td:
+        for spec, label_m, scores, cols in models:
+            for name, what in specs:
+                vcf, fa = SETS[name]
+                dst = str(Path(td) / f"{name}.tsv")
+                t = time.perf_counter()
+                res = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=spec, out=dst, scores=scores,
+                                      device="cpu"), progress=False)
+                dt = time.perf_counter() - t
+                for col in cols.split(","):
+                    r = evaluate_labelled(dst, str(vcf), "Y", "auroc", score=col)
+                    out.append((label_m, name, what, col, r["n"], r["n_pos"], r["value"], res.scored, dt))
+    print("\n## Zero-shot AUROC through `score` (AUROC of -score; masked models: mlm_llr = MLM_LLR, "
+          "llr = the unmasked approximation)\n")
+    print("| scorer | set | task | score | n | positives | AUROC | scored ALTs | run time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m, name, what, col, n, npos, v, sc, dt in out:
+        print(f"| {m} | {name} | {what} | {col} | {n:,} | {npos:,} | {v:.3f} | {sc:,} | {dt:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a trained model directory to evaluate on the labelled sets")
@@ -240,16 +378,27 @@ def main():
     ap.add_argument("--speed-sets", default="sarscov2,brca1", help="sets for the speed table")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-metrics", action="store_true")
+    ap.add_argument("--masked", action="store_true", help="also the masked-model tables (MLM_LLR)")
+    ap.add_argument("--masked-only", action="store_true", help="only the masked-model tables")
+    ap.add_argument("--masked-n", type=int, default=0, help="distinct positions timed for ours (0: all)")
+    ap.add_argument("--peer-n", type=int, default=4, help="distinct positions timed for the peer")
+    ap.add_argument("--masked-model", default=None, help="a masked model directory for the AUROC table")
     args = ap.parse_args()
     if not (V / "sarscov2_ntfitness").is_dir():
         print(f"shared data not found at {DATA} (set MAMBA_DNA_DATA); nothing to measure")
         return 0
     if args.quick:
         args.naive_n, args.dll_n, args.repeats = 3, 8, 1
-    if not args.skip_speed:
-        speed(args)
-    if not args.skip_metrics:
-        metrics(args)
+    if not args.masked_only:
+        if not args.skip_speed:
+            speed(args)
+        if not args.skip_metrics:
+            metrics(args)
+    if args.masked or args.masked_only:
+        if not args.skip_speed:
+            masked_speed(args)
+        if not args.skip_metrics:
+            masked_metrics(args)
     return 0
 
 

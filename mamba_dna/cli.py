@@ -14,11 +14,11 @@ import typer
 
 from mamba_dna import __version__
 from mamba_dna.errors import MambaDNAError
-from mamba_dna.pipelines.embed.config import EmbedConfig  # (light: the defaults of the options)
-from mamba_dna.pipelines.score.config import ScoreConfig
 from mamba_dna.pipelines.classify.config import ClassifyConfig, FinetuneConfig
 from mamba_dna.pipelines.demo.config import DemoConfig
+from mamba_dna.pipelines.embed.config import EmbedConfig  # (light: the defaults of the options)
 from mamba_dna.pipelines.pretrain.config import PretrainConfig
+from mamba_dna.pipelines.score.config import ScoreConfig
 
 app = typer.Typer(
     name="mamba-dna",
@@ -320,9 +320,9 @@ def score(
     ctx: typer.Context,
     vcf: str = typer.Option(None, "--vcf", "-i", help="Input VCF (plain, .gz or bgzip)."),
     fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA the VCF was called on."),
-    model: str = typer.Option(None, "--model", "-m", help="Model directory, markov:K or markov:auto."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory (MambaLM or Caduceus / PlantCaduceus), hf:ORG/NAME, a baseline .npz, markov:K|auto (causal) or kmer2:K|auto (two-sided k-mer, masked)."),
     out: str = typer.Option(None, "--out", "-o", help="Output .vcf/.vcf.gz (INFO fields) or .tsv; '-' = TSV on stdout."),
-    scores: str = typer.Option(",".join(ScoreConfig.scores), "--scores", help="llr (SNVs, nearly free), dll (all alleles), emb (network models: EMB_COS = 1 - cos, EMB_L2 between REF and ALT hidden states mean-pooled over the allele + window/2 bp downstream, mean of both strands; bases upstream are identical in a causal model and left out)."),
+    scores: str = typer.Option(",".join(ScoreConfig.scores), "--scores", help="auto = llr,dll for a causal model, mlm for a masked one. Causal: llr (SNVs, nearly free), dll (all alleles), emb (network models: EMB_COS = 1 - cos, EMB_L2 between REF and ALT hidden states mean-pooled over the allele + window/2 bp downstream, mean of both strands). Masked (Caduceus, kmer2): mlm = MLM_LLR (SNVs: the variant masked in a --context window, PlantCaduceus's score), llr = an UNMASKED approximation (the model sees the REF base; cheaper, biased to the REF, not interchangeable with MLM_LLR), emb = REF vs ALT window embedding distance (any allele: indels and MNVs are scored only with emb)."),
     emb_layer: str = typer.Option(_emb_layer_text(ScoreConfig.emb_layer), "--emb-layer", help="emb: 'final' (after the final norm) or K = after K blocks (0 = token embeddings, -1 = last block)."),
     window: int = typer.Option(ScoreConfig.window, "--window", "-w", help="DLL window in bp: window/2 each side."),
     strict: bool = typer.Option(ScoreConfig.strict, "--strict", help="REF mismatch or unknown contig is an error."),
@@ -330,8 +330,8 @@ def score(
     region: str = typer.Option(ScoreConfig.region, "--region", help="chrom:start-end (1-based, inclusive)."),
     shard: str = typer.Option(ScoreConfig.shard, "--shard", help="i/n (0-based): this array job's records."),
     tsv_info: str = typer.Option(",".join(ScoreConfig.tsv_info), "--tsv-info", help="INFO keys copied into TSV columns, e.g. Y,FITNESS."),
-    context: int = typer.Option(ScoreConfig.context, "--context", help="Upstream bp streamed before a contig's first variant (default: whole contig)."),
-    batch_size: int = typer.Option(ScoreConfig.batch_size, "--batch-size", help="ALT re-runs per model call (default: ~2M activations per call; 7 for a 2x128 model, 2 kb window)."),
+    context: int = typer.Option(ScoreConfig.context, "--context", help="Causal: upstream bp streamed before a contig's first variant (default: whole contig). Masked: the window length (default 512, the variant at 0-based (C-1)//2 = 255, N past contig ends; longer than the model was trained on: a warning)."),
+    batch_size: int = typer.Option(ScoreConfig.batch_size, "--batch-size", help="ALT re-runs (masked: windows) per model call (default: ~2M activations per call; 7 for a 2x128 model, 2 kb window)."),
     snapshot_every: int = typer.Option(ScoreConfig.snapshot_every, "--block", help="State snapshot spacing in bp (DLL re-run prefix)."),
     device: str = typer.Option(ScoreConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
 ) -> None:
@@ -339,6 +339,8 @@ def score(
 
     Example:  mamba-dna score --vcf variants.vcf.gz --fasta ref.fa --model runs/m/model --out scored.vcf.gz
     With the embedding distance at the last block: --scores llr,dll,emb --emb-layer -1
+    A masked model (MDNA_MLM_LLR / column mlm_llr; indels: status not_snv_masked_model unless
+    --scores mlm,emb):  mamba-dna score -i v.vcf -f ref.fa --model hf:kuleshov-group/PlantCaduceus_l20 -o s.tsv
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -399,7 +401,7 @@ def score_eval(
     truth: str = typer.Option(..., "--truth", help="VCF with the label in INFO."),
     label: str = typer.Option(..., "--label", help="INFO key of the label (e.g. Y, FITNESS)."),
     metric: str = typer.Option("auroc", "--metric", help="auroc (label == --positive) | spearman."),
-    column: str = typer.Option("llr", "--score", help="Score column: llr | dll | dll_norm | emb_cos | emb_l2 (distances: larger = damaging)."),
+    column: str = typer.Option("llr", "--score", help="Score column: llr | dll | dll_norm | mlm_llr | emb_cos | emb_l2 (distances: larger = damaging)."),
     positive: str = typer.Option("1", "--positive", help="Label value of the positive class."),
 ) -> None:
     """Metric of a score against labelled variants (AUROC uses -score, +score for emb distances).

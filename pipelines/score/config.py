@@ -4,14 +4,16 @@ of the scores and their output columns."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mamba_dna.errors import ConfigError
 from mamba_dna.rankshard import parse_shard
 
-SCORES = ("llr", "dll", "emb")
-DEFAULT_SCORES = ("llr", "dll")
-SCORE_COLUMNS = {"llr": ("llr",), "dll": ("dll", "dll_norm"), "emb": ("emb_cos", "emb_l2")}
+SCORES = ("mlm", "llr", "dll", "emb")  # output columns follow this order
+DEFAULT_SCORES = ("llr", "dll")  # `--scores auto` for a causal model
+MASKED_DEFAULT_SCORES = ("mlm",)  # `--scores auto` for a masked model
+AUTO = "auto"
+SCORE_COLUMNS = {"mlm": ("mlm_llr",), "llr": ("llr",), "dll": ("dll", "dll_norm"), "emb": ("emb_cos", "emb_l2")}
 # columns where a larger value means "more damaging" (distances); the others: negative = damaging
 DISTANCE_COLUMNS = ("emb_cos", "emb_l2")
 
@@ -24,7 +26,7 @@ class ScoreConfig:
     fasta: str
     model: str  # model directory, "markov:K" or "markov:auto"
     out: str
-    scores: tuple[str, ...] = DEFAULT_SCORES
+    scores: tuple[str, ...] = (AUTO,)  # auto: DEFAULT_SCORES (causal) / MASKED_DEFAULT_SCORES (masked)
     emb_layer: int | None = None  # EMB layer (MambaLM.hidden's `layer`): None = after the final norm
     window: int = 2000  # DLL window: window // 2 bases downstream on each strand
     strict: bool = False  # REF mismatch / unknown contig = error instead of a flagged skip
@@ -34,7 +36,8 @@ class ScoreConfig:
     batch_size: int | None = None  # ALT re-runs per model call (None: auto, see scorer.call_tokens)
     chunk: int | None = None  # tokens per call in the reference pass (None: auto, see call_tokens)
     snapshot_every: int = 128  # `--block`: state snapshot spacing (re-run prefix <= this - 1 bases)
-    context: int | None = None  # upstream bases streamed before a contig's first variant (None: all)
+    context: int | None = None  # causal: upstream bases streamed before a contig's first variant
+    # (None: all); masked: the window length (None: 512, PlantCaduceus's)
     device: str = "auto"
     info_prefix: str = "MDNA_"
     tsv_info: tuple[str, ...] = ()  # INFO keys copied into TSV columns (e.g. labels)
@@ -46,8 +49,10 @@ class ScoreConfig:
         """Normalise `scores` / `emb_layer` (CLI strings) and check every option."""
         self.scores = tuple(s.strip().lower() for s in self.scores if s.strip())
         bad = [s for s in self.scores if s not in SCORES]
+        if self.scores == (AUTO,):
+            bad = []
         if bad or not self.scores:
-            raise ConfigError(f"--scores {','.join(self.scores)}: expected a subset of {','.join(SCORES)}")
+            raise ConfigError(f"--scores {','.join(self.scores)}: expected auto or a subset of {','.join(SCORES)}")
         self.emb_layer = parse_emb_layer(self.emb_layer)
         if self.window < 2:
             raise ConfigError(f"--window {self.window}: expected >= 2 bases")
@@ -59,6 +64,24 @@ class ScoreConfig:
         out_kind(self.out)
         parse_shard(self.shard)
         parse_region(self.region)
+
+
+def resolve_scores(cfg: ScoreConfig, masked: bool) -> ScoreConfig:
+    """`cfg` with `scores` for this scorer: auto -> its default; a score it cannot give is refused."""
+    scores = cfg.scores
+    if scores == (AUTO,):
+        scores = MASKED_DEFAULT_SCORES if masked else DEFAULT_SCORES
+    if masked and "dll" in scores:
+        raise ConfigError(f"--scores {','.join(cfg.scores)}: dll (haplotype log-likelihood read left to right) "
+                          "needs a causal model; --model is a masked model",
+                          hint="masked models score mlm (MLM_LLR, the default), llr (unmasked approximation) and emb")
+    if not masked and "mlm" in scores:
+        raise ConfigError(f"--scores {','.join(cfg.scores)}: mlm (masked-model LLR) needs a masked model "
+                          "(Caduceus, kmer2:K); --model is a causal model",
+                          hint="causal models score llr, dll and emb")
+    if scores == cfg.scores:
+        return cfg
+    return replace(cfg, scores=scores)
 
 
 def out_kind(out: str) -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from mamba_dna.pipelines.score.config import SCORE_COLUMNS, ScoreConfig, parse_region
 from mamba_dna.pipelines.score.fastpath import score_contig
+from mamba_dna.pipelines.score.masked import score_contig_masked
+from mamba_dna.pipelines.score.scorers import is_masked, masked_strands
 
 from mamba_dna import log
 from mamba_dna.errors import InputError
@@ -28,6 +30,7 @@ class ScoreResult:
     scored: int = 0
     edge: int = 0
     skipped: Counter = field(default_factory=Counter)
+    on_n: int = 0  # ALTs whose REF span is N in the reference (skipped: ref_mismatch / ambiguous_base)
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -104,7 +107,8 @@ def contig_groups(cfg: ScoreConfig, reader, resolve, sel: Selection,
 
 def score_records(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fasta_name: str | None,
                   result: ScoreResult) -> list[list[dict]]:
-    """Per record, per ALT: {'llr','dll','dll_norm','emb_cos','emb_l2','status'} for one contig's records."""
+    """Per record, per ALT: {'mlm_llr','llr','dll','dll_norm','emb_cos','emb_l2','status'} for one
+    contig's records (causal scorers: the fast path; masked ones: masked.py)."""
     blank = dict.fromkeys(c for cs in SCORE_COLUMNS.values() for c in cs)
     results = [[{**blank, "status": "ok"} for _ in rec.alts] for rec in group]
     result.records += len(group)
@@ -119,6 +123,9 @@ def score_records(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fast
     starts, refs, alts, where = _scorable(cfg, genome, x, group, fasta_name, results, result)
     if not where:
         return results
+    if is_masked(scorer):
+        _masked(cfg, scorer, x, starts, refs, alts, where, results, result)
+        return results
     sc = score_contig(scorer, x, starts, refs, alts, want_llr="llr" in cfg.scores,
                       want_dll="dll" in cfg.scores, want_emb="emb" in cfg.scores,
                       emb_layer=cfg.emb_layer, window=cfg.window, snapshot_every=cfg.snapshot_every,
@@ -126,6 +133,8 @@ def score_records(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fast
     for k, (gi, ai) in enumerate(where):
         r = results[gi][ai]
         for c in blank:
+            if c not in sc:  # mlm_llr: masked models only
+                continue
             v = float(sc[c][k])
             r[c] = None if math.isnan(v) else v
         if sc["edge"][k]:
@@ -133,6 +142,26 @@ def score_records(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fast
             result.edge += 1
         result.scored += 1
     return results
+
+
+def _masked(cfg, scorer, x, starts, refs, alts, where, results, result) -> None:
+    """Fill `results` for a masked scorer (MLM_LLR / unmasked LLR / EMB; see masked.py)."""
+    sc = score_contig_masked(scorer, x, starts, refs, alts, scores=cfg.scores, strands=masked_strands(scorer),
+                             context=cfg.context, emb_layer=cfg.emb_layer, batch_size=cfg.batch_size)
+    for k, (gi, ai) in enumerate(where):
+        r = results[gi][ai]
+        why = sc["status"][k]
+        if why is not None:
+            r["status"] = why
+            result.skipped[why] += 1
+            continue
+        for c in ("mlm_llr", "llr", "emb_cos", "emb_l2"):
+            v = float(sc[c][k])
+            r[c] = None if math.isnan(v) else v
+        if sc["edge"][k]:
+            r["status"] = "edge"
+            result.edge += 1
+        result.scored += 1
 
 
 def _scorable(cfg, genome, x, group, fasta_name, results, result):
@@ -143,6 +172,8 @@ def _scorable(cfg, genome, x, group, fasta_name, results, result):
     for gi, rec in enumerate(group):
         ref_ids = encode(rec.ref)
         reason = None
+        if (x[rec.start : rec.start + ref_ids.size] == N).any():
+            result.on_n += len(rec.alts)  # for the summary (the reason stays one of those below)
         if rec.start + len(rec.ref) > L:
             reason = "outside_contig"
         elif not np.array_equal(x[rec.start : rec.start + ref_ids.size], ref_ids):
