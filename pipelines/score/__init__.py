@@ -66,9 +66,33 @@ its contigs from the contig ends, so merged shards equal a single run exactly (w
 can differ from a single run in the last digits); `merge_outputs` (`mamba-dna score merge`)
 joins shard outputs in shard order.
 
+Masked models (`is_causal = False`: CaduceusLM, the two-sided k-mer `kmer2:K|auto`), masked.py:
+MLM_LLR  (`--scores auto` = mlm) SNVs only. PlantCaduceus's zero-shot score: per contig one
+     window of C = `--context` (default 512) tokens per DISTINCT position (all ALTs there share
+     it), the variant at 0-based (C - 1) // 2 (255) and replaced by MASK, N past a contig end
+     (status `edge`); log p(alt) - log p(ref) with the softmax over A, C, G, T
+     (`mamba_dna.mlm.mlm_llr`), windows batched (`--batch-size`; auto: ~2M activations per
+     call). Caduceus-Ph: the mean of the two strands (the reverse-complement window too);
+     Caduceus-PS (rcps) and kmer2 are strand-equivariant: one pass. Column `mlm_llr`, INFO
+     MLM_LLR.
+LLR  (`--scores llr`) an APPROXIMATION of MLM_LLR (`mlm.unmasked_llr`): no mask, C-token tiles
+     every C // 2 bases that hold a variant, every SNV read off them; the model sees the REF
+     base it scores, so scores lean towards the REF and are not interchangeable with MLM_LLR.
+EMB  (`--scores emb`, network models) the REF window (the contig, variant at (C - 1) // 2)
+     and the ALT window (same left flank, the ALT allele, then the contig after the REF allele,
+     cut to C), each through `hidden(ids, --emb-layer, rc_average=True)` (strand-symmetric)
+     and mean-pooled over the whole window: EMB_COS = 1 - cos, EMB_L2 as above. It is the
+     only score of indels and MNVs; without it they get status `not_snv_masked_model`.
+DLL is refused (it reads a haplotype left to right: a causal model's score). A score that
+comes out NaN/inf is status `non_finite` (counted), never `ok`. `--context` longer than the
+window the model was trained on (a pretrain run's seq_len, a hub name's `seqlen-131k`,
+PlantCaduceus 512) is a warning, not an error: the models are recurrent. `--window`,
+`--block` and `--chunk` do not apply.
+
 Files, in the order of a run: config.py (ScoreConfig), scorers.py (--model -> a scorer;
 the protocol itself: mamba_dna.scorer), records.py (VCF records -> per-ALT results),
-fastpath.py (one contig, both strands), emb.py (EMB pools), naive.py (the reference),
+fastpath.py (one contig, both strands), emb.py (EMB pools), masked.py (masked models),
+naive.py (the reference),
 formats.py (VCF/TSV rows), run.py (the pipeline), merge.py (score merge / eval).
 """
 
@@ -87,7 +111,8 @@ _EXPORTS = {
     "naive_scores": "naive",
     "ScoreResult": "records",
     "run": "run",
-    "load_scorer": "scorers",
+    "is_masked": "scorers", "load_scorer": "scorers",
+    "score_contig_masked": "masked",
 }
 __all__ = [*_EXPORTS, "parse_shard"]
 
