@@ -285,3 +285,24 @@ def test_context_longer_than_trained_warns(brca1, tmp_path, capsys):
                         context=300, device="cpu"), progress=False)
     assert s.scored == 5
     assert "--context 300 is longer than the 128 bp windows" in capsys.readouterr().err
+
+
+def test_kmer2_vcf_output_reads_back_for_eval(small_ref, tmp_path):
+    from mamba_dna.pipelines.score import evaluate_labelled, read_scored
+
+    fa, vcf, _ = small_ref
+    # a truth VCF with a label on the four SNVs (the first two positive)
+    lines = vcf.read_text().splitlines()
+    body = [ln for ln in lines if not ln.startswith("#")]
+    truth = tmp_path / "t.vcf"
+    truth.write_text('##fileformat=VCFv4.2\n##INFO=<ID=Y,Number=1,Type=Integer,Description="y">\n' + lines[-len(body) - 1]
+                     + "\n" + "".join("\t".join([*ln.split("\t")[:7], f"Y={int(i < 2)}"]) + "\n"
+                                      for i, ln in enumerate(body[:4])))
+    out = tmp_path / "s.vcf"
+    run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:2", out=str(out)), progress=False)
+    text = out.read_text()
+    assert "##INFO=<ID=MDNA_MLM_LLR,Number=A,Type=Float" in text and "MDNA_DLL" not in text
+    rows = read_scored(str(out))
+    assert [r["status"] for r in rows][-3:] == ["not_snv_masked_model", "not_snv_masked_model", "ref_mismatch"]
+    r = evaluate_labelled(str(out), str(truth), "Y", score="mlm_llr")
+    assert r["n"] == 4 and r["n_pos"] == 2 and 0.0 <= r["value"] <= 1.0
