@@ -24,7 +24,7 @@ class ScoreConfig:
 
     vcf: str
     fasta: str
-    model: str  # model directory, "markov:K" or "markov:auto"
+    model: str  # model directory or hf:ID, a baseline .npz, "markov:K|auto" or "kmer2:K|auto"
     out: str
     scores: tuple[str, ...] = (AUTO,)  # auto: DEFAULT_SCORES (causal) / MASKED_DEFAULT_SCORES (masked)
     emb_layer: int | None = None  # EMB layer (MambaLM.hidden's `layer`): None = after the final norm
