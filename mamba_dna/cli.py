@@ -312,7 +312,7 @@ def _emb_layer_text(layer: int | None) -> str:
     return "final" if layer is None else str(layer)
 
 
-score_app = _command_group("score", "Zero-shot variant effect scores (LLR, DLL, embedding distance) for a VCF (`score merge` joins shards).")
+score_app = _command_group("score", "Zero-shot variant effect scores (LLR, DLL, embedding distance; MLM_LLR for masked models) for a VCF (`score merge` joins shards).")
 
 
 @score_app.callback(invoke_without_command=True)
