@@ -1,7 +1,7 @@
 """Fused Triton selective scan and decode step vs the sequential reference.
 
-Runs under TRITON_INTERPRET=1 on CPU tensors (the README's test command sets it) or on a
-CUDA GPU. Small grids: the interpreter costs ~15 ms per program instance and the
+Runs on a CUDA GPU, else under TRITON_INTERPRET=1 on CPU tensors (tests/conftest.py sets it
+when there is no GPU). Small grids: the interpreter costs ~15 ms per program instance and the
 associative scan is interpreted element by element, so shapes are tiny but irregular, and a
 chunk of 16 makes every multi-chunk path run.
 """
@@ -17,7 +17,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip(
         "Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 set before triton is imported "
-        "(the README's `./run.sh test` sets it)",
+        "(tests/conftest.py sets it unless TRITON_INTERPRET is already set)",
         allow_module_level=True,
     )
 
