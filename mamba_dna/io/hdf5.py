@@ -43,11 +43,10 @@ Schema (format "mamba-dna-embeddings", format_version 1)::
                            4,096 rows, never more than the streamed piece), compressed as the
                            root attribute `compression` says; attribute `id`.
 
-Compression. Embeddings are float noise to a compressor: on a batch of 4 x 16,384 positions x
-128 float32 (34 MB) shuffle+gzip-1 saved 14% of the bytes for 0.71 s of CPU and shuffle+LZF 7%
-for 0.33 s, against a 0.81 s forward pass of that batch (bench/embed.py, quiet 2-core box;
-the export as a whole: none 1.10x the bare forward, lzf 1.38x, gzip 1.82x). So the default is
-"none": the fastest, and every HDF5 reader opens it. "gzip" (any reader) or "lzf" (h5py
+Compression. Embeddings are float noise to a compressor: shuffle+gzip-1 saves about 14% of
+the bytes and shuffle+LZF about 7%, for CPU time of the order of the forward pass itself
+(bench/embed.py measures it). So the default is "none": the fastest, and every HDF5 reader
+opens it. "gzip" (any reader) or "lzf" (h5py
 everywhere; R rhdf5, MATLAB, HDFView and h5dump need the LZF plugin) trade CPU for a few
 percent of disk. `--dtype float16` halves the bytes whatever the filter.
 
