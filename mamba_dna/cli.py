@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
 
     SIGTERM raises `fsutil.Terminated` so partial outputs are cleaned up (exit 143); Ctrl-C
     prints "interrupted" (exit 130); an OSError (permission, read-only or full disk, ...) is
-    one line naming the path (set MAMBA_DNA_DEBUG=1 for its traceback).
+    one line naming the path, exit 2 (set MAMBA_DNA_DEBUG=1 for its traceback).
     """
     from mamba_dna.fsutil import Terminated, os_error_message, terminate_as_exception
 
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("MAMBA_DNA_DEBUG"):
             raise
         print(f"mamba-dna: error: {os_error_message(e, action='access')}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     except Exception as e:
         # Usage errors from the (vendored) click layer: print click's message, exit 2.
         if hasattr(e, "show") and hasattr(e, "exit_code"):
@@ -580,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
             print("mamba-dna: aborted", file=sys.stderr)
             sys.exit(1)
         raise
+    if rc == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into Exit(130)
+        print("mamba-dna: interrupted", file=sys.stderr)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -50,7 +50,10 @@ __all__ = [
     "GenomeWindows",
     "Region",
     "Window",
+    "bed_strand",
     "cache_dir",
+    "fai_mismatch",
+    "parse_region",
     "read_bed",
     "split_of",
 ]
@@ -760,6 +763,7 @@ def read_bed(path: str | os.PathLike, genome: Genome | None = None) -> list[Regi
                 ) from None
             if s < 0 or e <= s:
                 raise InputError(f"{path}: line {i}: start {s} / end {e}: expected 0 <= start < end")
+            bed_strand(f, path, i)  # column 6, when present, must be +, - or .
             if genome is not None:
                 try:
                     chrom = genome.resolve(chrom)
@@ -774,6 +778,44 @@ def read_bed(path: str | os.PathLike, genome: Genome | None = None) -> list[Regi
     if not out:
         raise InputError(f"{path}: no regions (empty BED)")
     return out
+
+
+def bed_strand(fields: Sequence[str], path, lineno: int) -> str:
+    """The strand of a BED line's fields: column 6 '+' or '-'; '.' or no column 6 is '+'.
+    Anything else is an InputError naming the file and line (never silently '+')."""
+    if len(fields) < 6 or fields[5].strip() in ("", "."):
+        return "+"
+    st = fields[5].strip()
+    if st not in ("+", "-"):
+        raise InputError(f"{path}: line {lineno}: strand (column 6) {st!r}: expected '+', '-' or '.'")
+    return st
+
+
+def parse_region(spec: str | None, names: Iterable[str] = (), opt: str = "--region"):
+    """'chrom:start-end' (1-based, inclusive; commas allowed) or 'chrom' -> (chrom, start0,
+    end0 half-open; whole contig: end = 2**62), None for no region.
+
+    A colon with no valid 'start-end' after it is a malformed region (ConfigError), not a
+    contig name, unless the whole text is one of `names` (contig names may hold colons).
+    """
+    import re
+
+    if not spec:
+        return None
+    text = spec.strip()
+    if text in set(names):
+        return text, 0, 1 << 62
+    m = re.fullmatch(r"([^:\s]+|.+):([\d,]+)-([\d,]+)", text)
+    if m is None:
+        if ":" in text or not text or any(c.isspace() for c in text):
+            raise ConfigError(f"{opt} {spec!r}: malformed region; expected chrom:start-end "
+                              "(1-based, inclusive, e.g. MT:100-200) or a contig name")
+        return text, 0, 1 << 62
+    chrom = m.group(1)
+    a, b = int(m.group(2).replace(",", "")), int(m.group(3).replace(",", ""))
+    if a < 1 or b < a:
+        raise ConfigError(f"{opt} {spec!r}: expected 1 <= start <= end (1-based, inclusive)")
+    return chrom, a - 1, b
 
 
 def _merge(regions: Iterable[Region]) -> list[Region]:
