@@ -558,3 +558,48 @@ def test_every_help_string_renders_as_written(monkeypatch, capsys):
     assert checked > 50
     assert cli("tokenize", "--help") == 0
     assert "Step between windows [default: --window]." in " ".join(capsys.readouterr().out.split())
+
+
+SLOW_EMBED = """
+    import sys, time
+    from pathlib import Path
+    import mamba_dna.pipelines.embed as E
+    from mamba_dna.cli import main
+    orig, calls = E.embed_batch, [0]
+    def slow(*a, **k):
+        calls[0] += 1
+        if calls[0] == 4:  # three batches handed to the writer: let it land, then hang
+            time.sleep(2)
+            Path("ready").touch()
+            time.sleep(600)
+        return orig(*a, **k)
+    E.embed_batch = slow
+    main(sys.argv[1:])
+"""
+
+
+@needs_data
+def test_embed_resumes_after_sigkill(tmp_path):
+    """A real `mamba-dna embed` child killed with SIGKILL mid-run; --resume finishes the
+    .partial and the result equals an uninterrupted run."""
+    import h5py
+
+    model = _model_dir(tmp_path)
+    args = ["embed", "--fasta", str(REF), "--model", str(model), "--window", "100",
+            "--device", "cpu"]
+    env = {**os.environ, "MAMBA_DNA_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_EMBED), *args,
+                          "--out", "k.h5"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(tmp_path / "ready", p, timeout=120)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    part = tmp_path / "k.h5.partial"
+    with h5py.File(part, "r", locking=False) as f:
+        n_done = int(f["items/done"][:].sum())
+    assert 0 < n_done < 300  # 300 items in batches of 64
+    assert cli(*args, "--out", tmp_path / "k.h5", "--resume") == 0
+    assert cli(*args, "--out", tmp_path / "fresh.h5") == 0
+    with h5py.File(tmp_path / "k.h5", "r") as a, h5py.File(tmp_path / "fresh.h5", "r") as b:
+        assert int(a.attrs["complete"]) == 1 and a["items/done"][:].all()
+        np.testing.assert_allclose(a["pooled"][:], b["pooled"][:], rtol=1e-5, atol=1e-6)
