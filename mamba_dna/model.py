@@ -180,7 +180,10 @@ class MambaConfig:
                 f"{where}: unknown MambaConfig field(s) {', '.join(extra)}",
                 hint=f"known fields: {', '.join(sorted(known))}",
             )
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except ConfigError as e:  # name the file the bad value came from
+            raise ConfigError(f"{where}: {e}", hint=e.hint) from None
 
     def to_json(self) -> str:
         d = {"architecture": "MambaLM", **self.to_dict(), "mamba_dna_version": __version__}
@@ -634,7 +637,7 @@ class MambaLM(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        if isinstance(map_location, str):  # "tpu", "cuda:9": one line from the resolver
+        if isinstance(map_location, (str, torch.device)):  # "tpu", "cuda:9": one line
             from mamba_dna.device import resolve_device
 
             map_location = resolve_device(map_location)
