@@ -243,8 +243,9 @@ def output_lock(path, what: str = "--out") -> Iterator[Path]:
             pass
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with os_errors(lp, "write the lock file"):  # a full disk fails here, before any data
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield lp
     finally:
         with suppress(OSError):
@@ -267,3 +268,24 @@ def terminate_as_exception() -> None:
 
     with suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, _raise)
+
+
+def check_free_space(path, nbytes: int, what: str = "--out") -> None:
+    """Refuse to start a write of about `nbytes` where the file system has less free space.
+
+    Some writers cannot fail cleanly mid-write (HDF5 can crash the process on ENOSPC), so a
+    known output size is checked before the first byte; the OS-error mapping still catches
+    what the estimate misses.
+    """
+    from mamba_dna.errors import InputError
+
+    d = Path(path).parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise InputError(f"{what} {path}: needs about {nbytes / 2**20:,.1f} MiB but {d} has "
+                         f"{free / 2**20:,.1f} MiB free", hint="free some space or write elsewhere")

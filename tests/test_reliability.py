@@ -602,3 +602,17 @@ def test_embed_resumes_after_sigkill(tmp_path):
     with h5py.File(tmp_path / "k.h5", "r") as a, h5py.File(tmp_path / "fresh.h5", "r") as b:
         assert int(a.attrs["complete"]) == 1 and a["items/done"][:].all()
         np.testing.assert_allclose(a["pooled"][:], b["pooled"][:], rtol=1e-5, atol=1e-6)
+
+
+def test_free_space_is_checked_before_an_embedding_file_is_started(tmp_path):
+    from mamba_dna.fsutil import check_free_space
+    from mamba_dna.io import hdf5
+
+    n = 10
+    items = hdf5.Items(np.array(["a"] * n, object), np.zeros(n, np.int64), np.full(n, 1000),
+                       np.array(["+"] * n, object), np.array([str(i) for i in range(n)], object))
+    need = hdf5.expected_bytes(items, 128, "float32", pooled=True, per_position=True)
+    assert need >= n * 1000 * 128 * 4
+    check_free_space(tmp_path / "x.h5", need)  # the test disk has 5 MB free
+    with pytest.raises(InputError, match="needs about .* MiB but .* free"):
+        check_free_space(tmp_path / "new" / "x.h5", 1 << 62)

@@ -184,6 +184,20 @@ def create(path: str | os.PathLike, items: Items, attrs: dict, *, d_model: int,
             f.create_group("per_position")
 
 
+def expected_bytes(items: Items, d_model: int, dtype: str, *, pooled: bool,
+                   per_position: bool) -> int:
+    """About how many bytes an embedding file of these items takes (uncompressed): what
+    `fsutil.check_free_space` compares with the free space before the run starts."""
+    size = np.dtype(dtype).itemsize
+    n = len(items)
+    total = 64 * n + (1 << 16)  # item table and HDF5 metadata
+    if pooled:
+        total += n * d_model * size
+    if per_position:
+        total += int(items.length.sum()) * d_model * size + 4096 * n
+    return int(total)
+
+
 def read_items(f) -> Items:
     """The item table of an open h5py.File."""
     g = f["items"]
