@@ -92,6 +92,11 @@ COMPRESSIONS = {
 DEFAULT_COMPRESSION = "none"
 LEGACY_COMPRESSION = "gzip"  # what a file without the attribute used
 CHUNK_ROWS = 4096
+# File format bounds. A low bound of v110 or later writes superblock v3, whose "file is open
+# for write" flag stays set when the writer is killed (SIGKILL, OOM) and then refuses every
+# later open ("may use h5clear"); v108 (superblock v2) has no such flag, so a partial file
+# stays resumable after any death. Readable by HDF5 >= 1.8.
+LIBVER = ("v108", "v108")
 # chunks held in each per-position dataset's cache: a chunk that one piece fills only in part
 # (the item's last rows, or reverse-strand rows in --rc-average) stays in memory until the
 # next write completes it, instead of being compressed, read back and compressed again
@@ -150,7 +155,7 @@ def create(path: str | os.PathLike, items: Items, attrs: dict, *, d_model: int,
     from mamba_dna import __version__
 
     n = len(items)
-    with h5py.File(path, "w", libver="latest") as f:
+    with h5py.File(path, "w", libver=LIBVER, locking=False) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["mamba_dna_version"] = __version__
@@ -175,6 +180,20 @@ def create(path: str | os.PathLike, items: Items, attrs: dict, *, d_model: int,
                              chunks=(max(1, min(n, 4096)), d_model) if n else None)
         if per_position:
             f.create_group("per_position")
+
+
+def expected_bytes(items: Items, d_model: int, dtype: str, *, pooled: bool,
+                   per_position: bool) -> int:
+    """About how many bytes an embedding file of these items takes (uncompressed): what
+    `fsutil.check_free_space` compares with the free space before the run starts."""
+    size = np.dtype(dtype).itemsize
+    n = len(items)
+    total = 64 * n + (1 << 16)  # item table and HDF5 metadata
+    if pooled:
+        total += n * d_model * size
+    if per_position:
+        total += int(items.length.sum()) * d_model * size + 4096 * n
+    return int(total)
 
 
 def read_items(f) -> Items:
@@ -245,13 +264,34 @@ def per_position_dataset(f, index: int, length: int, d: int, dtype: str, item_id
     return ds
 
 
+def open_for_write(path: str | os.PathLike):
+    """Open a (partial) embedding file read-write.
+
+    HDF5's own file lock is off: the caller holds `fsutil.output_lock` on the output, which
+    also works where HDF5 locking fails (some network file systems) and dies with its
+    process. Writers flush after each batch and set `done` only after an item's rows, so
+    whatever a crash leaves is a valid file whose `done` rows are complete.
+    """
+    import h5py
+
+    from mamba_dna.fsutil import os_errors
+
+    with os_errors(path, "open"):
+        return h5py.File(path, "r+", locking=False)
+
+
 def open_for_resume(path: Path, expect: dict):
     """Open a partial file for appending after checking it belongs to the same run."""
     import h5py
 
     try:
-        f = h5py.File(path, "r+")
+        f = h5py.File(path, "r+", locking=False)
     except OSError as e:
+        if "already open for write" in str(e):  # superblock v3 of an older version, killed
+            raise InputError(
+                f"{path}: the partial file was written by an older mamba-dna whose HDF5 format "
+                "cannot be reopened after the writer was killed",
+                hint="delete it and run again; files written now resume after any death") from e
         raise InputError(
             f"{path}: the partial embedding file cannot be opened ({e}); it was probably cut "
             "off in the middle of a write", hint="delete it and run again without --resume"
