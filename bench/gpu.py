@@ -152,9 +152,9 @@ def caduceus_rows(dev, sync, L: int, n_layer: int = 16, d_model: int = 256, reps
             err = (got - want).abs().max().item()
             ok = err <= 2e-3 * max(1.0, want.abs().max().item())
             failures += not ok
-            t32 = _timeit(lambda: model(x), sync, reps=reps)
+            t32 = _timeit(lambda m=model, x=x: m(x), sync, reps=reps)
             mb = model.to(torch.bfloat16)
-            t16 = _timeit(lambda: mb(x), sync, reps=reps)
+            t16 = _timeit(lambda m=mb, x=x: m(x), sync, reps=reps)
         kind = "PS" if rcps else "Ph"
         rows.append(f"  Caduceus-{kind}: vs CPU max|diff| {err:.2e} {'ok' if ok else 'FAIL'}; "
                     f"fwd fp32 {t32 * 1e3:.1f} ms ({L / t32:,.0f} tokens/s), bf16 {t16 * 1e3:.1f} ms "

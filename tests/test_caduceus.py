@@ -56,7 +56,7 @@ def check_against_fixture(model: CaduceusLM, exp: dict, L: int | None = None) ->
         with torch.no_grad():
             ref_logits, ref_hs = _with_backend("cpu", lambda: model.forward_external(ids, output_hidden_states=True))
         torch.testing.assert_close(logits, ref_logits, atol=TOL, rtol=0)
-        for a, b in zip(hs, ref_hs):
+        for a, b in zip(hs, ref_hs, strict=True):
             torch.testing.assert_close(a, b, atol=TOL, rtol=0)
 
 
@@ -302,7 +302,7 @@ def test_cpu_tiles_equal_one_pass(rcps, monkeypatch):
     with torch.no_grad():
         tiled, hs_tiled = m.forward_external(m.to_model_ids(ids), output_hidden_states=True)
     torch.testing.assert_close(tiled, one, atol=1e-5, rtol=1e-5)
-    for a, b in zip(hs_tiled, hs_one):
+    for a, b in zip(hs_tiled, hs_one, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     # and the tiled result is the bidirectional one: a change at the end reaches position 0
     ids2 = ids.clone()
