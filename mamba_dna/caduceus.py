@@ -276,6 +276,16 @@ class CaduceusBlock(nn.Module):
 # --------------------------------------------------------------------------- the LM
 
 
+def weight_problems(missing: list[str], unexpected: list[str], misshaped: list[str]) -> str:
+    """'missing: a, b; unexpected: c; mis-shaped: d (2,) (expected (3,))', '' when all match."""
+    problems = []
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if names:
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            problems.append(f"{what}: {shown}")
+    return "; ".join(problems)
+
+
 class CaduceusLM(nn.Module):
     """Bidirectional (optionally RC-equivariant) Mamba masked LM over mamba-dna token ids."""
 
@@ -549,13 +559,9 @@ class CaduceusLM(nn.Module):
         unexpected = sorted(set(sd) - set(own))
         misshaped = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
                            for k in set(own) & set(sd) if tuple(sd[k].shape) != tuple(own[k].shape))
-        problems = []
-        for what, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if names:
-                shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-                problems.append(f"{what}: {shown}")
+        problems = weight_problems(missing, unexpected, misshaped)
         if problems:
-            raise InputError(f"{where}: weights do not match the config: " + "; ".join(problems))
+            raise InputError(f"{where}: weights do not match the config: {problems}")
         for k, v in sd.items():
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise InputError(f"{where}: tensor {k} has non-finite values (NaN or inf)")
