@@ -290,10 +290,11 @@ def test_ph_rc_average_is_strand_symmetric():
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 90))
 
 
-@pytest.mark.parametrize("rcps", [True, False])
-def test_cpu_tiles_equal_one_pass(rcps, monkeypatch):
-    """Tiles in scan time (forward state carried left to right, reverse right to left) = untiled."""
-    m = random_model(rcps, d_model=8, n_layer=2)
+@pytest.mark.parametrize(("rcps", "strategy"), [(True, "add"), (False, "add"), (False, "ew_multiply")])
+def test_cpu_tiles_equal_one_pass(rcps, strategy, monkeypatch):
+    """Tiles in scan time (forward state carried left to right, reverse right to left) = untiled;
+    the no-grad path (one accumulator) = the autograd path (lists of tiles)."""
+    m = random_model(rcps, d_model=8, n_layer=2, bidirectional_strategy=strategy)
     ids = dna(1, 2600, seed=3)
     monkeypatch.setenv("MAMBA_DNA_CPU_TILE", "0")
     with torch.no_grad():
@@ -304,12 +305,17 @@ def test_cpu_tiles_equal_one_pass(rcps, monkeypatch):
     torch.testing.assert_close(tiled, one, atol=1e-5, rtol=1e-5)
     for a, b in zip(hs_tiled, hs_one, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # and the tiled result is the bidirectional one: a change at the end reaches position 0
+    with torch.enable_grad():
+        tiled_grad, _ = m.forward_external(m.to_model_ids(ids))
+    assert tiled_grad.requires_grad
+    torch.testing.assert_close(tiled_grad.detach(), tiled, atol=1e-5, rtol=1e-5)
+    # and the tiled result is the bidirectional one: a change in the last tile (2050) reaches
+    # back into the tile before it (2045) through the reverse direction's carried state
     ids2 = ids.clone()
-    ids2[0, -1] = 4 if int(ids[0, -1]) != 4 else 5
+    ids2[0, 2050] = 4 if int(ids[0, 2050]) != 4 else 5
     with torch.no_grad():
         tiled2, _ = m.forward_external(m.to_model_ids(ids2))
-    assert (tiled2[0, 0] - tiled[0, 0]).abs().max() > 0
+    assert (tiled2[0, 2045] - tiled[0, 2045]).abs().max() > 1e-5
 
 
 def test_bimamba_direction_semantics(monkeypatch):
