@@ -37,6 +37,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -77,6 +78,8 @@ class ModelConfig(MambaConfig):
     `external_ids` (tokenizer "external"): for each of our 9 token ids the model's id, -1
     where the model has none.
     """
+
+    READS_ARCHITECTURES: ClassVar[tuple[str, ...]] = ("MambaLM", ARCHITECTURE)
 
     bidirectional: bool = False
     bidirectional_strategy: str = "add"
