@@ -56,6 +56,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import best_of, cpu_model  # noqa: E402 (bench/_common.py)
+
+from mamba_dna.genome import Genome  # noqa: E402
+from mamba_dna.io.vcf import VcfReader  # noqa: E402
+from mamba_dna.model import MambaConfig, MambaLM  # noqa: E402
 from mamba_dna.pipelines.score import (  # noqa: E402
     ScoreConfig,
     evaluate_labelled,
@@ -63,10 +67,6 @@ from mamba_dna.pipelines.score import (  # noqa: E402
     score_contig,
     snapshot_positions,
 )
-
-from mamba_dna.genome import Genome  # noqa: E402
-from mamba_dna.io.vcf import VcfReader  # noqa: E402
-from mamba_dna.model import MambaConfig, MambaLM  # noqa: E402
 from mamba_dna.tokenizer import encode  # noqa: E402
 
 DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
@@ -275,9 +275,8 @@ class _Peer:
 
 
 def masked_speed(args):
-    from mamba_dna.pipelines.score.masked import masked_batch
-
     from mamba_dna.mlm import mlm_llr, unmasked_llr
+    from mamba_dna.pipelines.score.masked import masked_batch
 
     model = _ps_l20()
     x, starts, refs, alts = load_set("brca1")

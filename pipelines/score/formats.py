@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mamba_dna.pipelines.score.config import SCORE_COLUMNS, SCORES, ScoreConfig, out_kind
-
 from mamba_dna import __version__
 from mamba_dna.io.vcf import InfoField, TsvWriter, VcfRecord, VcfWriter
 from mamba_dna.mlm import PLANTCADUCEUS_CONTEXT, window_centre
+from mamba_dna.pipelines.score.config import SCORE_COLUMNS, SCORES, ScoreConfig, out_kind
 from mamba_dna.rankshard import parse_shard
 
 PROVENANCE_META = "##mamba-dna_score="  # the VCF header line holding the provenance

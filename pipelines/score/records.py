@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from mamba_dna.pipelines.score.config import SCORE_COLUMNS, ScoreConfig, parse_region
-from mamba_dna.pipelines.score.fastpath import score_contig
-from mamba_dna.pipelines.score.masked import score_contig_masked
-from mamba_dna.pipelines.score.scorers import is_masked, masked_strands
 
 from mamba_dna import log
 from mamba_dna.errors import InputError
 from mamba_dna.io.vcf import VcfRecord, alt_skip_reason, count_records
+from mamba_dna.pipelines.score.config import SCORE_COLUMNS, ScoreConfig, parse_region
+from mamba_dna.pipelines.score.fastpath import score_contig
+from mamba_dna.pipelines.score.masked import score_contig_masked
+from mamba_dna.pipelines.score.scorers import is_masked, masked_strands
 from mamba_dna.rankshard import parse_shard
 from mamba_dna.tokenizer import N, encode
 

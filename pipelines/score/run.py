@@ -6,16 +6,16 @@ from __future__ import annotations
 import time
 
 import torch
-from mamba_dna.pipelines.score.config import ScoreConfig, resolve_scores
-from mamba_dna.pipelines.score.formats import ScoredWriter
-from mamba_dna.pipelines.score.records import ScoreResult, Selection, contig_groups, score_records
-from mamba_dna.pipelines.score.scorers import is_masked, load_scorer, trained_length
 
 from mamba_dna import log
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.genome import Genome
 from mamba_dna.io.vcf import ContigResolver, VcfReader, parse_aliases
 from mamba_dna.mlm import PLANTCADUCEUS_CONTEXT
+from mamba_dna.pipelines.score.config import ScoreConfig, resolve_scores
+from mamba_dna.pipelines.score.formats import ScoredWriter
+from mamba_dna.pipelines.score.records import ScoreResult, Selection, contig_groups, score_records
+from mamba_dna.pipelines.score.scorers import is_masked, load_scorer, trained_length
 from mamba_dna.scorer import HiddenTap, device_of
 from mamba_dna.tokenizer import A
 

@@ -11,9 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mamba_dna.pipelines.score import ScoreConfig, load_scorer, run
-from mamba_dna.pipelines.score.masked import allele_windows
-from mamba_dna.pipelines.score.scorers import masked_strands, trained_length
 
 from mamba_dna.baselines import kmer2_from_spec
 from mamba_dna.errors import ConfigError
@@ -21,6 +18,9 @@ from mamba_dna.genome import Genome
 from mamba_dna.io.vcf import read_tsv
 from mamba_dna.load import load_model
 from mamba_dna.mlm import mlm_llr
+from mamba_dna.pipelines.score import ScoreConfig, load_scorer, run
+from mamba_dna.pipelines.score.masked import allele_windows
+from mamba_dna.pipelines.score.scorers import masked_strands, trained_length
 from mamba_dna.tokenizer import BASES, COMPLEMENT, MASK, N, decode, encode
 
 DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[2] / "../shared/data"))
