@@ -95,8 +95,7 @@ def emb_distances(scorer, x, pos, refs, alts, *, context: int, layer: int | None
     window's hidden states (`scorer.hidden(ids, layer, rc_average=True)`: strand-symmetric),
     each mean-pooled over the whole window. (n,) float64 each."""
     ref_w, alt_w = allele_windows(x, np.asarray(pos, np.int64), refs, alts, context)
-    uniq, inv = np.unique(np.asarray(pos, np.int64), return_inverse=True)  # REF windows: one per position
-    first = np.array([np.flatnonzero(inv == u)[0] for u in range(uniq.size)], dtype=np.int64)
+    _, first, inv = np.unique(np.asarray(pos, np.int64), return_index=True, return_inverse=True)  # one REF per position
     r = _pooled(scorer, ref_w[first], layer, batch_size)[inv.reshape(-1)]  # (n, d)
     a = _pooled(scorer, alt_w, layer, batch_size)  # (n, d)
     cos = 1.0 - (r * a).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(a, axis=1), 1e-300)

@@ -238,6 +238,16 @@ def test_fixture_caduceus_through_score_equals_hand_window(name, brca1, tmp_path
     for r in rows[5:]:  # indels: emb only
         assert r["mlm_llr"] == "." and r["llr"] == "." and float(r["emb_cos"]) >= 0
     model = load_model(d)
+    # EMB of the insertion by hand: REF / ALT windows, strand-symmetric final states, mean-pooled
+    ins = rows[5]
+    p = int(ins["pos"]) - 1
+    ref_w = x[p - 255 : p + 257]
+    alt_w = np.concatenate([x[p - 255 : p], encode(ins["alt"]), x[p + 1 : p + 1 + 512]])[:512]
+    with torch.no_grad():
+        h = [model.hidden(torch.from_numpy(w.astype(np.int64))[None], rc_average=True)[0].double().mean(0)
+             for w in (ref_w, alt_w)]
+    assert float(ins["emb_cos"]) == pytest.approx(float(1 - torch.cosine_similarity(h[0], h[1], 0)), rel=2e-3)
+    assert float(ins["emb_l2"]) == pytest.approx(float((h[1] - h[0]).norm()), rel=2e-3)
     both = masked_strands(model) == "both"
     assert both == (name == "caduceus_ph")
     for r in rows[:5]:
