@@ -31,6 +31,12 @@ from mamba_dna.fsutil import atomic_path
 
 _ALLELE_RE = re.compile(r"^[ACGTNacgtn]+$")
 MISSING = "."
+# what a written output says it holds, so a copy cut off at a line boundary is caught
+# (`score merge`): VCF: a header line with the record count (patched in when the file is
+# complete); TSV: a last comment line with the row count
+RECORDS_META = "##mamba-dna_records="
+TSV_END = "#mamba-dna_end rows="
+_COUNT_DIGITS = 12
 
 
 @dataclass
@@ -348,8 +354,12 @@ class VcfWriter:
         self.compressed = self.dest.name.endswith((".gz", ".bgz"))
         self.infos = list(infos)
         ours = {i.id for i in self.infos}
-        kept = [m for m in meta if not any(m.startswith(f"##INFO=<ID={k},") for k in ours)]
+        kept = [m for m in meta if not any(m.startswith(f"##INFO=<ID={k},") for k in ours)
+                and not m.startswith(RECORDS_META)]
         self._header = kept + [i.header_line() for i in self.infos] + list(extra_meta)
+        # the record count is written into this fixed-width line when the file is complete
+        self._count_at = len("".join(m + "\n" for m in self._header).encode()) + len(RECORDS_META)
+        self._header.append(RECORDS_META + "0" * _COUNT_DIGITS)
         self._header.append("#" + "\t".join(columns))
         self._ours = ours
         self.n_written = 0
@@ -391,6 +401,9 @@ class VcfWriter:
                 self._plain.unlink(missing_ok=True)
             self._ctx.__exit__(et, ev, tb)
             return
+        with open(self._plain, "r+b") as fh:  # the count line: complete
+            fh.seek(self._count_at)
+            fh.write(f"{self.n_written:0{_COUNT_DIGITS}d}".encode())
         tbi_tmp = None
         if self.compressed:
             import pysam
@@ -452,6 +465,8 @@ class TsvWriter:
         self.n_written += 1
 
     def __exit__(self, et, ev, tb) -> None:
+        if et is None:
+            self._fh.write(f"{TSV_END}{self.n_written}\n")  # complete: what it holds
         if self._ctx is None:
             self._fh.flush()
             return
@@ -459,16 +474,22 @@ class TsvWriter:
         self._ctx.__exit__(et, ev, tb)
 
 
-def read_tsv(path: str | os.PathLike) -> tuple[str, list[str], list[list[str]]]:
-    """(comment line without '#', header columns, rows) of a TsvWriter output."""
+def read_tsv(path: str | os.PathLike, *, end: bool = False):
+    """(comment line without '#', header columns, rows) of a TsvWriter output; with
+    `end=True` also the row count its end line declares (None: no end line: cut off, or
+    written before the line existed)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such TSV file")
     opener = gzip.open if p.name.endswith(".gz") else open
-    comment, header, rows = "", [], []
+    comment, header, rows, declared = "", [], [], None
     with opener(p, "rt", encoding="utf-8") as fh:
         for i, raw in enumerate(fh, 1):
             line = raw.rstrip("\n")
+            if line.startswith(TSV_END):
+                tail = line[len(TSV_END):].strip()
+                declared = int(tail) if tail.isdigit() else -1
+                continue
             if line.startswith("#"):
                 comment = line[1:] if not comment else comment
                 continue
@@ -481,4 +502,4 @@ def read_tsv(path: str | os.PathLike) -> tuple[str, list[str], list[list[str]]]:
             rows.append(row)
     if not header:
         raise InputError(f"{p}: empty TSV (no header line)")
-    return comment, header, rows
+    return (comment, header, rows, declared) if end else (comment, header, rows)

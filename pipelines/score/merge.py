@@ -11,7 +11,7 @@ from mamba_dna.pipelines.score.config import DISTANCE_COLUMNS, out_kind
 from mamba_dna.pipelines.score.formats import PROVENANCE_META
 
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.io.vcf import TsvWriter, VcfReader, VcfWriter, read_tsv
+from mamba_dna.io.vcf import RECORDS_META, TSV_END, TsvWriter, VcfReader, VcfWriter, read_tsv
 
 SHARD_RE = re.compile(r"shard=(\d+)/(\d+)")  # in the provenance line (formats.provenance)
 
@@ -55,16 +55,35 @@ def merge_outputs(parts: Sequence[str], out: str) -> int:
 def _read_shard(path: str, kind: str) -> dict:
     """One shard output: its provenance, shard i/n, rows (TSV: header too; VCF: meta, columns)."""
     if kind == "tsv":
-        prov, header, rows = read_tsv(path)
+        prov, header, rows, declared = read_tsv(path, end=True)
         d = {"prov": prov, "header": header, "rows": rows}
     else:
         rd = VcfReader(path)
         prov = next((m for m in rd.meta if m.startswith(PROVENANCE_META)), "")
         d = {"prov": prov, "rows": list(rd), "meta": rd.meta, "columns": rd.columns}
+        count = next((m[len(RECORDS_META):] for m in rd.meta if m.startswith(RECORDS_META)), None)
+        declared = int(count) if count is not None and count.isdigit() else None
     mm = SHARD_RE.search(prov)
     if not mm:
         raise InputError(f"{path}: not a mamba-dna score output (no shard=i/n provenance line)")
+    _check_complete(path, kind, len(d["rows"]), declared)
     return {**d, "path": path, "i": int(mm.group(1)), "n": int(mm.group(2))}
+
+
+def _check_complete(path: str, kind: str, got: int, declared: int | None) -> None:
+    """Refuse a shard that holds fewer (or more) rows than its writer wrote."""
+    what = "records" if kind == "vcf" else "rows"
+    if declared is None or declared == 0 and kind == "vcf" and got:
+        mark = f"the {RECORDS_META}N header line" if kind == "vcf" else f"the last line {TSV_END}N"
+        raise InputError(f"{path}: no record of how many {what} it holds ({mark} is missing or "
+                         f"unset; {got:,} {what} read): cut off, or not finished",
+                         hint="run that shard again")
+    if got < declared:
+        raise InputError(f"{path}: cut off: holds {got:,} of the {declared:,} {what} its writer wrote "
+                         f"({declared - got:,} missing)", hint="run that shard again")
+    if got > declared:
+        raise InputError(f"{path}: holds {got:,} {what} but its writer wrote {declared:,} (edited or "
+                         "appended to?)", hint="run that shard again")
 
 
 def read_scored(path: str) -> list[dict]:
