@@ -16,6 +16,7 @@ class PretrainConfig:
     """Everything a run needs; saved as run_dir/config.json and read back by --resume."""
 
     inputs: list[str] = field(default_factory=list)  # FASTA files, or one shard directory
+    inputs_fingerprint: list[dict] = field(default_factory=list)  # set by the run (rundir.fingerprints)
     out: str = "runs/pretrain"
     model: dict = field(default_factory=lambda: {"d_model": 128, "n_layer": 2})  # MambaConfig fields
     # data
@@ -76,6 +77,8 @@ class PretrainConfig:
         need(self.precision in ("auto", "fp32", "bf16"), f"--precision {self.precision!r}: expected auto, fp32 or bf16")
         need(self.softmask_weight >= 0, f"--softmask-weight {self.softmask_weight}: expected >= 0")
         need(self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "lr must be > 0 and min_lr_ratio in [0, 1]")
+        need(self.warmup_steps >= 0 and self.seq_warmup_steps >= 0,
+             f"--warmup-steps {self.warmup_steps} / --seq-warmup-steps {self.seq_warmup_steps}: expected >= 0")
         need(self.max_bad_steps >= 1 and self.keep_last >= 1, "max_bad_steps and keep_last must be >= 1")
         for name in ("eval_every", "log_every", "checkpoint_every"):
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: expected >= 1")

@@ -25,7 +25,7 @@ from mamba_dna import distributed as mdist
 from mamba_dna import log
 from mamba_dna import training as tr
 from mamba_dna.errors import ConfigError, MambaDNAError
-from mamba_dna.fsutil import atomic_dir, write_json
+from mamba_dna.fsutil import atomic_dir, output_lock, write_json
 
 from .config import PretrainConfig
 from .data import eval_indices, load_data, make_batch, strand_flips
@@ -85,7 +85,10 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, *, resume: bool = False, stop_at: int | None = None,
                  stop: mdist.StopFlag | None = None,
                  on_step: Callable[[int, dict], None] | None = None):
+        if stop_at is not None and stop_at < 1:
+            raise ConfigError(f"--stop-at {stop_at}: expected a step >= 1")
         self.cfg, self.resume, self.stop_at, self.on_step = cfg, resume, stop_at, on_step
+        self._lock = contextlib.ExitStack()  # rank 0 holds the run directory's lock
         self._own_stop = stop is None
         self.stop = stop or mdist.StopFlag()
         self.step, self.tokens, self.best_val = 0, 0, float("inf")
@@ -101,6 +104,7 @@ class Pretrainer:
             self.train()
             return self.save()
         finally:
+            self._lock.close()
             if self._own_stop:
                 self.stop.restore()
             mdist.teardown()
@@ -144,6 +148,8 @@ class Pretrainer:
         prepared: tuple = (None, None, None)
         if self.main:
             try:
+                # one process per run directory: a second gets "in use by pid N"
+                self._lock.enter_context(output_lock(self.cfg.out))
                 prepared = (*prepare_run(self.cfg, self.resume), None)
             except MambaDNAError as e:
                 prepared = (None, None, e)
