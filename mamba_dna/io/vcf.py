@@ -32,10 +32,10 @@ from mamba_dna.fsutil import atomic_path
 _ALLELE_RE = re.compile(r"^[ACGTNacgtn]+$")
 MISSING = "."
 # what a written output says it holds, so a copy cut off at a line boundary is caught
-# (`score merge`): VCF: a header line with the record count (patched in when the file is
-# complete); TSV: a last comment line with the row count
+# (`score merge`): a fixed-width header line, patched in when the file is complete (VCF:
+# records; TSV: rows; TSV on stdout: the last line)
 RECORDS_META = "##mamba-dna_records="
-TSV_END = "#mamba-dna_end rows="
+TSV_ROWS = "#mamba-dna_rows="
 _COUNT_DIGITS = 12
 
 
@@ -428,7 +428,8 @@ class VcfWriter:
 class TsvWriter:
     """One row per ALT, input order: chrom pos id ref alt <columns...>; atomic.
 
-    The first line is a '#'-comment with provenance (pandas: `comment="#"`); '-' = stdout.
+    The first line is a '#'-comment with provenance (pandas: `comment="#"`), the second
+    the row count ("#mamba-dna_rows=N", filled in when complete); '-' = stdout.
     """
 
     KEY_COLUMNS = ("chrom", "pos", "id", "ref", "alt")
@@ -442,17 +443,20 @@ class TsvWriter:
     def __enter__(self) -> TsvWriter:
         import sys
 
+        head = f"#{self.comment}\n" if self.comment else ""
         if self.dest == "-":
             self._ctx = None
             self._fh = sys.stdout
         else:
             self._ctx = atomic_path(self.dest)
-            tmp = self._ctx.__enter__()
-            opener = gzip.open if self.dest.endswith(".gz") else open
-            self._fh = opener(tmp, "wt", encoding="utf-8")
-        if self.comment:
-            self._fh.write(f"#{self.comment}\n")
-        self._fh.write("\t".join(self.columns) + "\n")
+            self._tmp = self._ctx.__enter__()
+            # .gz: written plain, the count filled in, then compressed
+            gz = self.dest.endswith(".gz")
+            self._plain = self._tmp.with_name(self._tmp.name + ".plain") if gz else self._tmp
+            self._fh = open(self._plain, "w", encoding="utf-8")
+            self._count_at = len(head.encode()) + len(TSV_ROWS)
+            head += TSV_ROWS + "0" * _COUNT_DIGITS + "\n"
+        self._fh.write(head + "\t".join(self.columns) + "\n")
         return self
 
     def write_row(self, rec: VcfRecord, alt: str, values: Sequence) -> None:
@@ -465,19 +469,34 @@ class TsvWriter:
         self.n_written += 1
 
     def __exit__(self, et, ev, tb) -> None:
-        if et is None:
-            self._fh.write(f"{TSV_END}{self.n_written}\n")  # complete: what it holds
         if self._ctx is None:
+            if et is None:
+                self._fh.write(f"{TSV_ROWS}{self.n_written}\n")
             self._fh.flush()
             return
         self._fh.close()
-        self._ctx.__exit__(et, ev, tb)
+        try:
+            if et is None:
+                with open(self._plain, "r+b") as fh:  # the count line: complete
+                    fh.seek(self._count_at)
+                    fh.write(f"{self.n_written:0{_COUNT_DIGITS}d}".encode())
+                if self._plain != self._tmp:
+                    import shutil
+
+                    with open(self._plain, "rb") as src, gzip.open(self._tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        except BaseException as e:
+            et, ev, tb = type(e), e, e.__traceback__
+            raise
+        finally:
+            if self._plain != self._tmp:
+                self._plain.unlink(missing_ok=True)
+            self._ctx.__exit__(et, ev, tb)
 
 
 def read_tsv(path: str | os.PathLike, *, end: bool = False):
     """(comment line without '#', header columns, rows) of a TsvWriter output; with
-    `end=True` also the row count its end line declares (None: no end line: cut off, or
-    written before the line existed)."""
+    `end=True` also the row count its count line declares (None: no such line)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such TSV file")
@@ -486,8 +505,8 @@ def read_tsv(path: str | os.PathLike, *, end: bool = False):
     with opener(p, "rt", encoding="utf-8") as fh:
         for i, raw in enumerate(fh, 1):
             line = raw.rstrip("\n")
-            if line.startswith(TSV_END):
-                tail = line[len(TSV_END):].strip()
+            if line.startswith(TSV_ROWS):
+                tail = line[len(TSV_ROWS):].strip()
                 declared = int(tail) if tail.isdigit() else -1
                 continue
             if line.startswith("#"):
