@@ -562,7 +562,7 @@ def test_every_help_string_renders_as_written(monkeypatch, capsys):
 SLOW_EMBED = """
     import sys, time
     from pathlib import Path
-    import mamba_dna.pipelines.embed as E
+    import mamba_dna.pipelines.embed.run as E  # the module run_embed calls embed_batch from
     from mamba_dna.cli import main
     orig, calls = E.embed_batch, [0]
     def slow(*a, **k):
@@ -814,24 +814,6 @@ def test_embed_nonfinite_output_is_an_error_before_it_is_written(tmp_path):
         assert not f["items/done"][:].any() and int(f.attrs["complete"]) == 0
 
 
-SLOW_EMBED_RUN = """
-    import sys, time
-    from pathlib import Path
-    import mamba_dna.pipelines.embed.run as R
-    from mamba_dna.cli import main
-    orig, calls = R.embed_batch, [0]
-    def slow(*a, **k):
-        calls[0] += 1
-        if calls[0] == 4:  # three batches handed to the writer: let them land, then hang
-            time.sleep(2)
-            Path("ready").touch()
-            time.sleep(600)
-        return orig(*a, **k)
-    R.embed_batch = slow
-    main(sys.argv[1:])
-"""
-
-
 def test_embed_cli_sigkill_then_resume_and_a_second_writer_is_refused(tmp_path, capsys):
     """A real `mamba-dna embed` child: while it runs a second `embed --out` of the same file
     gets "in use by pid N"; after its SIGKILL, `embed --resume` finishes the .partial and the
@@ -842,7 +824,7 @@ def test_embed_cli_sigkill_then_resume_and_a_second_writer_is_refused(tmp_path, 
     model = _model_dir(tmp_path)
     args = ["embed", "--fasta", str(fa), "--model", str(model), "--window", "100", "--device", "cpu"]
     env = {**os.environ, "MAMBA_DNA_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_EMBED_RUN), *args, "--out", "k.h5"],
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_EMBED), *args, "--out", "k.h5"],
                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(tmp_path / "ready", p, timeout=120)
@@ -899,7 +881,7 @@ def _pretrain_args(fa: Path, out: Path, *extra) -> list:
 
 
 def test_pretrain_options_out_guard_and_changed_inputs(tmp_path, capsys):
-    fa = fasta(tmp_path / "a.fa", {"a": seq(4000)})
+    fa = fasta(tmp_path / "a.fa", {"a": seq(20000)})
     run = tmp_path / "run"
     assert cli(*_pretrain_args(fa, run, "--stop-at", -1)) == 2
     assert "--stop-at -1: expected a step >= 1" in one_line_error(capsys)
@@ -910,14 +892,14 @@ def test_pretrain_options_out_guard_and_changed_inputs(tmp_path, capsys):
     assert cli(*_pretrain_args(fa, run, "--stop-at", 2)) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["inputs_fingerprint"][0]["size"] == fa.stat().st_size
-    other = fasta(tmp_path / "b.fa", {"b": seq(4000, seed=9)})
+    other = fasta(tmp_path / "b.fa", {"b": seq(20000, seed=9)})
     assert cli(*_pretrain_args(other, run)) == 2  # another FASTA on the existing run
     line = one_line_error(capsys)
     assert "this run was started on" in line and "b.fa) differ" in line
-    fasta(fa, {"a": seq(4000, seed=1)})  # same path, other content
+    fasta(fa, {"a": seq(20000, seed=1)})  # same path, other content
     assert cli(*_pretrain_args(fa, run)) == 2
     assert "a.fa: changed since the run" in one_line_error(capsys)
-    fasta(fa, {"a": seq(4000)})  # the original back: resumes
+    fasta(fa, {"a": seq(20000)})  # the original back: resumes
     assert cli(*_pretrain_args(fa, run)) == 0
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
              if r.get("split") == "train"]
@@ -925,7 +907,7 @@ def test_pretrain_options_out_guard_and_changed_inputs(tmp_path, capsys):
 
 
 def test_pretrain_second_process_on_a_run_directory_is_refused(tmp_path, capsys):
-    fa = fasta(tmp_path / "a.fa", {"a": seq(4000)})
+    fa = fasta(tmp_path / "a.fa", {"a": seq(20000)})
     run = tmp_path / "run"
     args = [str(a) for a in _pretrain_args(fa, run)]
     p = _slow_child(f"""

@@ -17,6 +17,7 @@ from .config import PretrainConfig
 
 CKPT_DIR = "checkpoints"
 CKPT_FORMAT = 1
+START_FILES = {"config.json", "baseline.json", "metrics.jsonl", CKPT_DIR}  # before a checkpoint
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
@@ -97,7 +98,13 @@ def prepare_run(cfg: PretrainConfig, resume: bool) -> tuple[PretrainConfig, bool
             log.info(f"resuming {run}: its config.json wins; ignoring changed option(s) "
                      f"{', '.join(differ)} (start a new --out to change them)")
         return saved, bool(existing)
-    if run.exists() and any(p for p in run.iterdir() if p.name != "config.json"):
+    if cfg_path.exists() and run.is_dir() and {p.name for p in run.iterdir()} <= START_FILES:
+        # a run that died before its first checkpoint: start it over (baseline.json depends
+        # on the config; metrics rows would be written twice)
+        log.info(f"{run}: no checkpoint yet (stopped before its first one); starting over")
+        for name in ("baseline.json", "metrics.jsonl"):
+            (run / name).unlink(missing_ok=True)
+    elif run.exists() and any(p for p in run.iterdir() if p.name != "config.json"):
         raise ConfigError(f"{run}: directory exists and is not a pretrain run",
                           hint="choose a new --out or remove the directory")
     cfg.inputs_fingerprint = fingerprints(cfg.inputs)  # saved in config.json; checked on resume
