@@ -144,17 +144,20 @@ def tokenize(
 
 @app.command()
 def convert(
-    src: str = typer.Argument(..., help="Checkpoint directory (config.json + weights)."),
+    src: str = typer.Argument(..., help="Checkpoint directory (config.json + weights) or hf:ORG/NAME[@REV]."),
     out: str = typer.Argument(..., help="Output model directory (mamba-dna format)."),
-    from_: str = typer.Option("auto", "--from", help="Source layout: mamba_ssm, transformers or auto."),
+    from_: str = typer.Option("auto", "--from", help="Source layout: mamba_ssm, transformers, caduceus or auto."),
     tokenizer: str = typer.Option(
         "auto", help="dna (ids are mamba-dna's nucleotide ids), external (any other vocab) or auto."
     ),
     dtype: str = typer.Option("float32", help="Weights dtype: float32, bfloat16 or float16."),
 ) -> None:
-    """Import a state-spaces/mamba (mamba_ssm) or HuggingFace transformers Mamba checkpoint.
+    """Import a state-spaces/mamba (mamba_ssm), HuggingFace transformers Mamba, or Caduceus /
+    PlantCaduceus checkpoint (never running the checkpoint's own code).
 
     Example:  mamba-dna convert ./mamba-130m-hf ./models/mamba-130m --from transformers
+
+    Example:  mamba-dna convert hf:kuleshov-group/PlantCaduceus_l20 ./models/plantcaduceus-l20
     """
     from mamba_dna.convert import convert as _convert
     from mamba_dna.log import info as _info

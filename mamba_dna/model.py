@@ -181,9 +181,10 @@ class MambaConfig:
     def from_dict(cls, d: dict, where: str = "config") -> MambaConfig:
         known = {f.name for f in fields(cls)}
         arch = d.get("architecture", "MambaLM")
-        if arch not in ARCHITECTURES:
+        readable = getattr(cls, "READS_ARCHITECTURES", ARCHITECTURES)  # a subclass reads more
+        if arch not in readable:
             raise ConfigError(f"{where}: field \"architecture\" is {arch!r}; this loader reads "
-                              f"{' or '.join(ARCHITECTURES)}")
+                              f"{' or '.join(readable)}")
         extra = sorted(set(d) - known - {"mamba_dna_version", "architecture"})
         if extra:
             raise ConfigError(

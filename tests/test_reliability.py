@@ -453,14 +453,14 @@ def test_tokenize_on_full_and_read_only_disks_is_one_line(tmp_path, capsys):
         assert "no space left on the device" in one_line_error(capsys)
         assert os.listdir(full) == []  # no .partial, no lock file
     finally:
-        subprocess.run(["umount", str(full)], check=False)
+        subprocess.run(["umount", "-l", str(full)], check=False)  # lazy: never left mounted
     ro = tmp_path / "ro"
     _mount_tmpfs(ro, "size=64k,ro")
     try:
         assert cli("tokenize", src, "--out", ro / "s", "--window", 1000) == 2
         assert "read-only file system" in one_line_error(capsys)
     finally:
-        subprocess.run(["umount", str(ro)], check=False)
+        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 # ----------------------------------------------------------------------------- 10. embed resume
@@ -561,7 +561,7 @@ def test_every_help_string_renders_as_written(monkeypatch, capsys):
 SLOW_EMBED = """
     import sys, time
     from pathlib import Path
-    import mamba_dna.pipelines.embed.run as E  # the module run_embed calls embed_batch from
+    import mamba_dna.pipelines.embed.run as E  # the module that calls embed_batch
     from mamba_dna.cli import main
     orig, calls = E.embed_batch, [0]
     def slow(*a, **k):
@@ -856,7 +856,7 @@ def test_embed_on_full_and_read_only_disks_is_one_line(tmp_path, capsys):
         assert "needs about" in one_line_error(capsys)
         assert os.listdir(full) == []
     finally:
-        subprocess.run(["umount", str(full)], check=False)
+        subprocess.run(["umount", "-l", str(full)], check=False)
     ro = tmp_path / "ro"
     _mount_tmpfs(ro, "size=64k,ro")
     try:
@@ -867,7 +867,7 @@ def test_embed_on_full_and_read_only_disks_is_one_line(tmp_path, capsys):
             assert cli("score", "--vcf", vcf, "--fasta", fa2, "--model", "markov:2", "--out", ro / out) == 2
             assert "read-only file system" in one_line_error(capsys)
     finally:
-        subprocess.run(["umount", str(ro)], check=False)
+        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 # ----------------------------------------------------------------------------- pretrain
