@@ -252,6 +252,11 @@ def pretrain(
     out: str = typer.Option(..., "--out", "-o", help="Run directory (an existing run is resumed)."),
     config: str = typer.Option(None, help="PretrainConfig JSON (e.g. another run's config.json)."),
     model_config: str = typer.Option(None, help="MambaConfig JSON or a model directory: the architecture."),
+    arch: str = typer.Option(None, help="mamba (causal), bimamba, caduceus-ph (BiMamba + RC augmentation, "
+                             "strand-averaged at inference) or caduceus-ps (RC-equivariant) [mamba]."),
+    objective: str = typer.Option(None, help="clm (next base; mamba only) or mlm (masked bases; the "
+                                  "bidirectional archs only) [the arch's own]."),
+    mask_prob: float = typer.Option(None, help=f"mlm: share of bases chosen as targets (80% MASK, 10% random, 10% kept) [{_PRETRAIN['mask_prob']}]."),
     d_model: int = typer.Option(None, help=f"Model width [{_PRETRAIN['model']['d_model']}]."),
     n_layer: int = typer.Option(None, help=f"Number of Mamba blocks [{_PRETRAIN['model']['n_layer']}]."),
     d_state: int = typer.Option(None, help="SSM state size N [16]."),
@@ -279,14 +284,18 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     stop_at: int = typer.Option(None, help="Checkpoint and exit 0 after this step (time-boxed jobs)."),
 ) -> None:
-    """Pretrain a Mamba DNA language model (next-nucleotide prediction) and save it in OUT/model.
+    """Pretrain a Mamba DNA language model and save it in OUT/model.
 
-    Validation bits per base are reported beside the best k-mer Markov model on the same
-    held-out regions. SIGTERM/SIGINT/SIGUSR1: checkpoint at the next step, exit 0; rerun the
+    --arch mamba trains next-nucleotide prediction; bimamba / caduceus-ph / caduceus-ps train a
+    masked LM as Caduceus does (15% of bases chosen; N never a target; --softmask-weight 0.1 is
+    PlantCaduceus's weight for lower-case repeats). Validation bits per base are reported
+    beside the best k-mer Markov model (clm), or masked bits per base beside the two-sided
+    k-mer model at the same masked positions (mlm), on the same held-out regions. SIGTERM/SIGINT/SIGUSR1: checkpoint at the next step, exit 0; rerun the
     same command (or --resume) to continue. Multi-GPU: torchrun --nproc_per_node=N -m mamba_dna pretrain ...
     Prints the run directory on stdout.
 
     Example:  mamba-dna pretrain ecoli.fna.gz --out runs/ecoli --d-model 128 --n-layer 4 --seq-len 4096 --steps 2000
+    Masked:   mamba-dna pretrain genome.fa --arch caduceus-ps --softmask-weight 0.1 --out runs/ps
     """
     from mamba_dna import distributed as mdist
     from mamba_dna.pipelines.pretrain import config_from_cli, run
@@ -294,7 +303,8 @@ def pretrain(
     cfg = config_from_cli(
         inputs or [], out, config, model_config,
         dict(d_model=d_model, n_layer=n_layer, d_state=d_state),
-        dict(seq_len=seq_len, seq_len_start=seq_len_start, seq_warmup_steps=seq_warmup_steps,
+        dict(arch=arch, objective=objective, mask_prob=mask_prob,
+             seq_len=seq_len, seq_len_start=seq_len_start, seq_warmup_steps=seq_warmup_steps,
              steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
              warmup_steps=warmup_steps, weight_decay=weight_decay, split_by=split_by,
              val_fraction=val_fraction, eval_every=eval_every, eval_windows=eval_windows,

@@ -59,6 +59,7 @@ def prepare_run(cfg: PretrainConfig, resume: bool) -> tuple[PretrainConfig, bool
     if run.exists() and any(p for p in run.iterdir() if p.name != "config.json"):
         raise ConfigError(f"{run}: directory exists and is not a pretrain run",
                           hint="choose a new --out or remove the directory")
+    cfg.objective = cfg.resolved_objective  # config.json says which objective ran
     return cfg, False
 
 
