@@ -548,16 +548,23 @@ def demo(
     minutes: float = typer.Option(None, "--minutes", help="Pretraining wall-clock budget [4]."),
     steps: int = typer.Option(None, "--steps", help="Pretraining steps instead of a time budget."),
     device: str = typer.Option(DemoConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
+    model: str = typer.Option(DemoConfig.model, "--model", "-m", help="A model directory or hf:ORG/NAME[@REV] "
+                              "(mamba-dna, Caduceus, PlantCaduceus): score / embed / classify with it, no pretraining."),
+    mlm: bool = typer.Option(DemoConfig.mlm, "--mlm/--no-mlm", help="Also pretrain a masked Caduceus-PS beside "
+                             "the causal model (half its budget) [on]."),
 ) -> None:
-    """The whole system on real genomes in minutes on a CPU: tokenize, pretrain, score, embed,
-    classify, each beside its baseline; writes OUT/report.md and prints the headline figures.
+    """The whole system on real genomes in minutes on a CPU: tokenize, pretrain (a causal Mamba
+    LM and a masked Caduceus-PS), score, embed, classify, each beside its baseline; writes
+    OUT/report.md and prints the headline figures. With --model, a given (e.g. published)
+    model is scored, embedded and classified instead of pretraining one.
 
     Example:  mamba-dna demo --out runs/demo --minutes 4
+              mamba-dna demo --out runs/demo_pc --model hf:kuleshov-group/PlantCaduceus_l20
     """
     from mamba_dna.pipelines.demo import format_headline, run_demo
 
     res = run_demo(DemoConfig(out=out, data=data, quick=quick, minutes=minutes, steps=steps,
-                              device=device))
+                              device=device, model=model, mlm=mlm))
     typer.echo(format_headline(res))
 
 
