@@ -245,7 +245,7 @@ def test_options_are_checked(tmp_path):
     assert (tmp_path / "x" / "keep.txt").read_text() == "user file"
 
 
-CADUCEUS_PS = REPO.parent / "shared" / "data" / "models" / "caduceus_ps"
+CADUCEUS_PS = Path(os.environ.get("MAMBA_DNA_DATA") or REPO.parent / "shared" / "data") / "models" / "caduceus_ps"
 
 
 def test_quick_bidirectional_stage_beside_the_causal_one(tmp_path):
