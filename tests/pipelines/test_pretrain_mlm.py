@@ -11,8 +11,18 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from mamba_dna.pipelines import pretrain as pt
-from test_pretrain import _ref_backend_one_thread, assert_same_weights, fasta, rows, tiny, weights  # noqa: F401
+from test_pretrain import (  # noqa: F401
+    _ddp_worker,
+    _ref_backend_one_thread,
+    assert_same_weights,
+    fasta,
+    free_port,
+    rows,
+    tiny,
+    weights,
+)
 
 from mamba_dna.errors import ConfigError
 from mamba_dna.mlm import IGNORE
@@ -192,3 +202,21 @@ def test_exported_model_loads_as_caduceus_and_is_rc_equivariant(fasta, tmp_path)
         rev = m(reverse_complement(ids))
     comp = torch.as_tensor(COMPLEMENT).long()
     torch.testing.assert_close(rev.flip(1)[..., comp], fwd, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mlm_ddp_two_ranks_match_one_process(fasta, tmp_path):
+    """Masks are a function of (seed, step, slot in the global batch): 2 ranks, each masking
+    its slice, train the same model as 1 process, and a 1-process checkpoint resumes on 2."""
+    kw = dict(steps=4, eval_every=4, log_every=1, seq_warmup_steps=2)
+    single = tmp_path / "single"
+    pt.run(tiny_mlm(fasta, single, **kw))
+    pt.run(tiny_mlm(fasta, tmp_path / "1to2", **kw), stop_at=2)
+    phases = [(tiny_mlm(fasta, tmp_path / "ddp", **kw).to_dict(), None, free_port()),
+              (tiny_mlm(fasta, tmp_path / "1to2", **kw).to_dict(), None, free_port())]
+    mp.spawn(_ddp_worker, args=(2, phases), nprocs=2, join=True)
+    ref = rows(single)
+    for run in ("ddp", "1to2"):
+        assert_same_weights(weights(single), weights(tmp_path / run), atol=2e-5)
+        for a, b in zip(ref, rows(tmp_path / run), strict=True):
+            assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
