@@ -17,16 +17,21 @@ from test_pretrain import (  # noqa: F401
     _ddp_worker,
     _ref_backend_one_thread,
     assert_same_weights,
-    fasta,
     free_port,
     rows,
     tiny,
     weights,
+    write_toy_fasta,
 )
 
 from mamba_dna.errors import ConfigError
 from mamba_dna.mlm import IGNORE
 from mamba_dna.tokenizer import MASK, A, N, T, reverse_complement
+
+
+@pytest.fixture(scope="module")
+def fasta(tmp_path_factory):
+    return write_toy_fasta(tmp_path_factory.mktemp("fa") / "toy.fa")
 
 
 def tiny_mlm(fasta, out, **kw) -> pt.PretrainConfig:
