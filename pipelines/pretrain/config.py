@@ -217,8 +217,9 @@ def config_from_cli(
         # an existing run lends its architecture and objective when they are not given, so a
         # plain --resume of a caduceus run validates (a given one is reported as changed)
         saved = read_json_object(Path(out) / "config.json", "")
-        for k in ("arch", "objective"):
-            if overrides.get(k) is None and k in saved:
-                base[k] = saved[k]
+        if overrides.get("arch") is None and "arch" in saved:
+            base["arch"] = saved["arch"]
+            if overrides.get("objective") is None and "objective" in saved:
+                base["objective"] = saved["objective"]
     base["out"] = str(out)
     return PretrainConfig.from_dict(base, where=config or "options")

@@ -50,8 +50,10 @@ def prepare_run(cfg: PretrainConfig, resume: bool) -> tuple[PretrainConfig, bool
         saved = PretrainConfig.load(cfg_path)
         saved.out = str(run)
         given, kept, default = cfg.to_dict(), saved.to_dict(), PretrainConfig.defaults()
+        # arch / objective: config_from_cli lends the run's own when not given, so any
+        # difference was asked for (even `--arch mamba`, the default)
         differ = [k for k in given if k not in ("out", "inputs") and given[k] != kept[k]
-                  and given[k] != default.get(k)]
+                  and (given[k] != default.get(k) or k == "arch")]
         if differ:
             log.info(f"resuming {run}: its config.json wins; ignoring changed option(s) "
                      f"{', '.join(differ)} (start a new --out to change them)")

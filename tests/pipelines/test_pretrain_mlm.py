@@ -184,6 +184,13 @@ def test_resume_lends_the_arch_and_lists_a_changed_one(fasta, tmp_path, capsys):
     err = capsys.readouterr().err
     assert resuming and kept.arch == "caduceus-ps" and kept.objective == "mlm"
     assert "ignoring changed option(s)" in err and "arch" in err.split("ignoring changed option(s)")[1]
+    # --arch mamba (the default value) given on a caduceus run is listed too, and not refused
+    # for the run's objective (mlm is not lent with a given arch)
+    back = pt.config_from_cli([str(fasta)], str(out), None, None, {"d_model": 16, "n_layer": 1, "d_state": 4},
+                              {"arch": "mamba", "objective": None, "seq_len": 64})
+    kept, _ = prepare_run(back, resume=True)
+    err = capsys.readouterr().err
+    assert kept.arch == "caduceus-ps" and "arch" in err.split("ignoring changed option(s)")[1]
 
 
 def test_exported_model_loads_as_caduceus_and_is_rc_equivariant(fasta, tmp_path):
