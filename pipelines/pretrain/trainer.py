@@ -1,8 +1,8 @@
 """The pretraining recipe as a class: `Pretrainer(cfg).run()` = setup() -> train() -> save().
 
 Determinism: the global batch of step s (which windows, which strand, and for mlm which
-positions are masked and how) is a function of (seed, s) only, every rank takes its slice of it, and the loss is normalised by the global
-count of scored bases. So 1 process or N processes with the same global batch follow the
+positions are masked and how) is a function of (seed, s) only, every rank takes its slice
+of it, and the loss is normalised by the global count of scored bases. So 1 process or N processes with the same global batch follow the
 same trajectory (to fp32 reduction order), and a checkpoint written with N ranks resumes
 on M ranks.
 """
