@@ -136,13 +136,20 @@ def mask_generator(seed: int, stream: int, n: int, slot: int) -> torch.Generator
 MASK_TRAIN, MASK_VAL = 0, 1
 
 
-def mask_windows(tok: torch.Tensor, sm: torch.Tensor, gens: list[torch.Generator], cfg: PretrainConfig):
+def mask_windows(tok: torch.Tensor, sm: torch.Tensor, gens: list[torch.Generator], cfg: PretrainConfig,
+                 all_mask: bool = False):
     """Caduceus masking of each window (row) with its own generator -> mamba_dna.mlm.MaskedBatch
-    of the stacked rows. tok (b, L) int64, sm (b, L) bool."""
+    of the stacked rows. tok (b, L) int64, sm (b, L) bool.
+
+    all_mask (validation): every chosen position becomes MASK. The 10% kept / 10% random of
+    training would show the model the answer at ~1 in 8 targets, which the two-sided k-mer
+    model (it never reads the scored token) cannot use, and which a variant score never
+    offers; the same positions are chosen either way (the draws do not depend on the split)."""
     from mamba_dna.mlm import MaskedBatch, mask_tokens
 
+    fracs = (1.0, 0.0) if all_mask else (cfg.mask_token_frac, cfg.random_token_frac)
     parts = [mask_tokens(tok[i : i + 1], g, sm[i : i + 1], mask_prob=cfg.mask_prob,
-                         mask_token_frac=cfg.mask_token_frac, random_token_frac=cfg.random_token_frac,
+                         mask_token_frac=fracs[0], random_token_frac=fracs[1],
                          softmask_weight=cfg.softmask_weight) for i, g in enumerate(gens)]
     return MaskedBatch(torch.cat([p.input_ids for p in parts]), torch.cat([p.targets for p in parts]),
                        torch.cat([p.weights for p in parts]))  # each (b, L)

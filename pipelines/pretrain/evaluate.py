@@ -41,7 +41,8 @@ def nll_bases(lp: torch.Tensor, ids: torch.Tensor) -> tuple[float, float]:
 def val_masked_batches(cfg, data: WindowData, idx: list[int], batch: int):
     """The masked validation batches (mamba_dna.mlm.MaskedBatch, CPU) of windows `idx`: window
     i is masked with its own fixed generator, so every evaluation, and the two-sided k-mer
-    baseline, score exactly the same positions."""
+    baseline, score exactly the same positions; every chosen position reads MASK (see
+    data.mask_windows: the model never sees the base it is scored on)."""
     from .data import MASK_VAL, mask_generator, mask_windows
 
     for i in range(0, len(idx), batch):
@@ -49,7 +50,8 @@ def val_masked_batches(cfg, data: WindowData, idx: list[int], batch: int):
         tok, sm = data.get(part)  # (b, L) uint8, (b, L) bool
         tok = torch.from_numpy(np.ascontiguousarray(tok)).long()
         sm = torch.from_numpy(np.ascontiguousarray(sm)) if sm is not None else torch.zeros_like(tok, dtype=torch.bool)
-        yield mask_windows(tok, sm, [mask_generator(cfg.seed, MASK_VAL, int(w), 0) for w in part], cfg)
+        yield mask_windows(tok, sm, [mask_generator(cfg.seed, MASK_VAL, int(w), 0) for w in part], cfg,
+                           all_mask=True)
 
 
 @torch.no_grad()

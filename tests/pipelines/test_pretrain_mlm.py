@@ -232,3 +232,20 @@ def test_mlm_ddp_two_ranks_match_one_process(fasta, tmp_path):
         assert_same_weights(weights(single), weights(tmp_path / run), atol=2e-5)
         for a, b in zip(ref, rows(tmp_path / run), strict=True):
             assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_validation_masks_every_chosen_position(fasta, tmp_path):
+    """At validation the model never sees the base it is scored on (no 10% kept / random)."""
+    from mamba_dna.pipelines.pretrain.evaluate import val_masked_batches
+
+    cfg = tiny_mlm(fasta, tmp_path / "x", seed=2)
+    data = _windows(6, 4096)
+    a = list(val_masked_batches(cfg, data, [0, 1, 2, 3, 4, 5], 4))
+    b = list(val_masked_batches(cfg, data, [0, 1, 2, 3, 4, 5], 4))
+    assert [x.n_targets for x in a] == [x.n_targets for x in b] and a[0].n_targets > 0
+    for x, y, part in zip(a, b, ([0, 1, 2, 3], [4, 5]), strict=True):  # the same positions every time
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.targets, y.targets)
+        tok = torch.from_numpy(data.tokens[part].astype(np.int64))
+        assert torch.all(x.input_ids[x.chosen] == MASK) and torch.equal(x.targets[x.chosen], tok[x.chosen])
+        assert torch.equal(x.input_ids[~x.chosen], tok[~x.chosen])
+        assert 0.13 < x.chosen.float().mean().item() < 0.17
