@@ -238,9 +238,6 @@ def test_options_are_checked(tmp_path):
     assert (tmp_path / "x" / "keep.txt").read_text() == "user file"
 
 
-CADUCEUS_PS = Path(os.environ.get("MAMBA_DNA_DATA") or REPO.parent / "shared" / "data") / "models" / "caduceus_ps"
-
-
 def test_quick_bidirectional_stage_beside_the_causal_one(tmp_path):
     data = make_data(tmp_path / "data")
     out = tmp_path / "demo"
@@ -265,13 +262,12 @@ def test_quick_bidirectional_stage_beside_the_causal_one(tmp_path):
     assert "### Masked language model" not in (out / "report.md").read_text()
 
 
-@pytest.mark.skipif(not (CADUCEUS_PS / "config.json").is_file(),
-                    reason="Caduceus fixture absent: ../shared/data/models/caduceus_ps")
-def test_quick_with_a_given_caduceus_model(tmp_path, capsys):
+def test_quick_with_a_given_caduceus_model(tmp_path, capsys, shared_data):
+    caduceus_ps = shared_data / "models" / "caduceus_ps"  # the real code's tiny Caduceus-PS
     data = make_data(tmp_path / "data")
     out = tmp_path / "demo"
     with pytest.raises(SystemExit) as e:
-        main(["demo", "--quick", "--model", str(CADUCEUS_PS), "--data", str(data), "--out", str(out),
+        main(["demo", "--quick", "--model", str(caduceus_ps), "--data", str(data), "--out", str(out),
               "--device", "cpu"])
     assert e.value.code == 0, capsys.readouterr().err
     res = json.loads((out / "summary.json").read_text())
@@ -290,4 +286,4 @@ def test_quick_with_a_given_caduceus_model(tmp_path, capsys):
     assert 0 <= res["embed"]["loo_1nn_model"] <= 1 and 0 <= res["classify"]["model"]["accuracy"] <= 1
     assert all((out / rel).read_bytes()[:4] == b"\x89PNG" for rel in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text))
     stdout = capsys.readouterr().out
-    assert str(CADUCEUS_PS) in stdout and "AUROC" in stdout
+    assert str(caduceus_ps) in stdout and "AUROC" in stdout
