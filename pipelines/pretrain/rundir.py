@@ -92,8 +92,10 @@ def prepare_run(cfg: PretrainConfig, resume: bool) -> tuple[PretrainConfig, bool
         saved.out = str(run)
         check_inputs(run, saved, cfg)
         given, kept, default = cfg.to_dict(), saved.to_dict(), PretrainConfig.defaults()
+        # arch / objective: config_from_cli lends the run's own when not given, so any
+        # difference was asked for (even `--arch mamba`, the default)
         differ = [k for k in given if k not in ("out", "inputs", "inputs_fingerprint") and given[k] != kept[k]
-                  and given[k] != default.get(k)]
+                  and (given[k] != default.get(k) or k == "arch")]
         if differ:
             log.info(f"resuming {run}: its config.json wins; ignoring changed option(s) "
                      f"{', '.join(differ)} (start a new --out to change them)")
@@ -108,6 +110,7 @@ def prepare_run(cfg: PretrainConfig, resume: bool) -> tuple[PretrainConfig, bool
         raise ConfigError(f"{run}: directory exists and is not a pretrain run",
                           hint="choose a new --out or remove the directory")
     cfg.inputs_fingerprint = fingerprints(cfg.inputs)  # saved in config.json; checked on resume
+    cfg.objective = cfg.resolved_objective  # config.json says which objective ran
     return cfg, False
 
 
