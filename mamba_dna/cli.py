@@ -256,6 +256,11 @@ def pretrain(
     out: str = typer.Option(..., "--out", "-o", help="Run directory (an existing run is resumed)."),
     config: str = typer.Option(None, help="PretrainConfig JSON (e.g. another run's config.json)."),
     model_config: str = typer.Option(None, help="MambaConfig JSON or a model directory: the architecture."),
+    arch: str = typer.Option(None, help="mamba (causal), bimamba, caduceus-ph (BiMamba + RC augmentation, "
+                             "strand-averaged at inference) or caduceus-ps (RC-equivariant) [mamba]."),
+    objective: str = typer.Option(None, help="clm (next base; mamba only) or mlm (masked bases; the "
+                                  "bidirectional archs only) [the arch's own]."),
+    mask_prob: float = typer.Option(None, help=f"mlm: share of bases chosen as targets (80% MASK, 10% random, 10% kept) [{_PRETRAIN['mask_prob']}]."),
     d_model: int = typer.Option(None, help=f"Model width [{_PRETRAIN['model']['d_model']}]."),
     n_layer: int = typer.Option(None, help=f"Number of Mamba blocks [{_PRETRAIN['model']['n_layer']}]."),
     d_state: int = typer.Option(None, help="SSM state size N [16]."),
@@ -283,14 +288,18 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     stop_at: int = typer.Option(None, help="Checkpoint and exit 0 after this step (time-boxed jobs)."),
 ) -> None:
-    """Pretrain a Mamba DNA language model (next-nucleotide prediction) and save it in OUT/model.
+    """Pretrain a Mamba DNA language model and save it in OUT/model.
 
-    Validation bits per base are reported beside the best k-mer Markov model on the same
-    held-out regions. SIGTERM/SIGINT/SIGUSR1: checkpoint at the next step, exit 0; rerun the
+    --arch mamba trains next-nucleotide prediction; bimamba / caduceus-ph / caduceus-ps train a
+    masked LM as Caduceus does (15% of bases chosen; N never a target; --softmask-weight 0.1 is
+    PlantCaduceus's weight for lower-case repeats). Validation bits per base are reported
+    beside the best k-mer Markov model (clm), or masked bits per base beside the two-sided
+    k-mer model at the same masked positions (mlm), on the same held-out regions. SIGTERM/SIGINT/SIGUSR1: checkpoint at the next step, exit 0; rerun the
     same command (or --resume) to continue. Multi-GPU: torchrun --nproc_per_node=N -m mamba_dna pretrain ...
     Prints the run directory on stdout.
 
     Example:  mamba-dna pretrain ecoli.fna.gz --out runs/ecoli --d-model 128 --n-layer 4 --seq-len 4096 --steps 2000
+    Masked:   mamba-dna pretrain genome.fa --arch caduceus-ps --softmask-weight 0.1 --out runs/ps
     """
     from mamba_dna import distributed as mdist
     from mamba_dna.pipelines.pretrain import config_from_cli, run
@@ -298,7 +307,8 @@ def pretrain(
     cfg = config_from_cli(
         inputs or [], out, config, model_config,
         dict(d_model=d_model, n_layer=n_layer, d_state=d_state),
-        dict(seq_len=seq_len, seq_len_start=seq_len_start, seq_warmup_steps=seq_warmup_steps,
+        dict(arch=arch, objective=objective, mask_prob=mask_prob,
+             seq_len=seq_len, seq_len_start=seq_len_start, seq_warmup_steps=seq_warmup_steps,
              steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
              warmup_steps=warmup_steps, weight_decay=weight_decay, split_by=split_by,
              val_fraction=val_fraction, eval_every=eval_every, eval_windows=eval_windows,
@@ -544,16 +554,23 @@ def demo(
     minutes: float = typer.Option(None, "--minutes", help="Pretraining wall-clock budget [4]."),
     steps: int = typer.Option(None, "--steps", help="Pretraining steps instead of a time budget."),
     device: str = typer.Option(DemoConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
+    model: str = typer.Option(DemoConfig.model, "--model", "-m", help="A model directory or hf:ORG/NAME[@REV] "
+                              "(mamba-dna, Caduceus, PlantCaduceus): score / embed / classify with it, no pretraining."),
+    mlm: bool = typer.Option(DemoConfig.mlm, "--mlm/--no-mlm", help="Also pretrain a masked Caduceus-PS beside "
+                             "the causal model (half its budget) [on]."),
 ) -> None:
-    """The whole system on real genomes in minutes on a CPU: tokenize, pretrain, score, embed,
-    classify, each beside its baseline; writes OUT/report.md and prints the headline figures.
+    """The whole system on real genomes in minutes on a CPU: tokenize, pretrain (a causal Mamba
+    LM and a masked Caduceus-PS), score, embed, classify, each beside its baseline; writes
+    OUT/report.md and prints the headline figures. With --model, a given (e.g. published)
+    model is scored, embedded and classified instead of pretraining one.
 
     Example:  mamba-dna demo --out runs/demo --minutes 4
+              mamba-dna demo --out runs/demo_pc --model hf:kuleshov-group/PlantCaduceus_l20
     """
     from mamba_dna.pipelines.demo import format_headline, run_demo
 
     res = run_demo(DemoConfig(out=out, data=data, quick=quick, minutes=minutes, steps=steps,
-                              device=device))
+                              device=device, model=model, mlm=mlm))
     typer.echo(format_headline(res))
 
 

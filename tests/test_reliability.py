@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -454,14 +453,14 @@ def test_tokenize_on_full_and_read_only_disks_is_one_line(tmp_path, capsys):
         assert "no space left on the device" in one_line_error(capsys)
         assert os.listdir(full) == []  # no .partial, no lock file
     finally:
-        subprocess.run(["umount", str(full)], check=False)
+        subprocess.run(["umount", "-l", str(full)], check=False)  # lazy: never left mounted
     ro = tmp_path / "ro"
     _mount_tmpfs(ro, "size=64k,ro")
     try:
         assert cli("tokenize", src, "--out", ro / "s", "--window", 1000) == 2
         assert "read-only file system" in one_line_error(capsys)
     finally:
-        subprocess.run(["umount", str(ro)], check=False)
+        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 # ----------------------------------------------------------------------------- 10. embed resume
@@ -562,7 +561,7 @@ def test_every_help_string_renders_as_written(monkeypatch, capsys):
 SLOW_EMBED = """
     import sys, time
     from pathlib import Path
-    import mamba_dna.pipelines.embed as E
+    import mamba_dna.pipelines.embed.run as E  # the module that calls embed_batch
     from mamba_dna.cli import main
     orig, calls = E.embed_batch, [0]
     def slow(*a, **k):
@@ -616,3 +615,319 @@ def test_free_space_is_checked_before_an_embedding_file_is_started(tmp_path):
     check_free_space(tmp_path / "x.h5", need)  # the test disk has 5 MB free
     with pytest.raises(InputError, match="needs about .* MiB but .* free"):
         check_free_space(tmp_path / "new" / "x.h5", 1 << 62)
+
+
+# ============================================================================= phase 2: the
+# helpers wired into the pipelines (score, embed, pretrain, merges, classify), CLI-level
+
+
+def _score_inputs(tmp_path: Path, n: int = 40, meta: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A 3 kb reference and a VCF of `n` SNVs on it (REF matching)."""
+    s = seq(3000, seed=3)
+    fa = fasta(tmp_path / "ref.fa", {"a": s})
+    rows = []
+    for k in range(n):
+        pos = 50 + 60 * k  # 1-based
+        ref = s[pos - 1]
+        rows.append(f"a\t{pos}\tv{k}\t{ref}\t{'C' if ref != 'C' else 'G'}\t.\t.\tY={k % 2}\n")
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n" + "".join(m + "\n" for m in meta)
+                   + '##INFO=<ID=Y,Number=1,Type=Integer,Description="label">\n'
+                   + "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" + "".join(rows))
+    return fa, vcf
+
+
+@pytest.mark.parametrize("name", ["in.vcf", "ref.fa"])
+def test_score_out_equal_to_an_input_is_refused_and_the_input_kept(tmp_path, capsys, name):
+    fa, vcf = _score_inputs(tmp_path)
+    target = tmp_path / name
+    before = target.read_bytes()
+    out = tmp_path / "o.vcf" if name == "ref.fa" else target
+    if name == "ref.fa":
+        os.link(target, out)  # a hard link of the reference
+    assert cli("score", "--vcf", vcf, "--fasta", fa, "--model", "markov:2", "--out", out) == 2
+    assert "writing it would destroy the input" in one_line_error(capsys)
+    assert target.read_bytes() == before
+
+
+def test_score_reference_with_invalid_bytes_is_refused_like_tokenize(tmp_path, capsys):
+    bad = tmp_path / "bad.fa"
+    bad.write_bytes(b">a\nACGT7ACGT\x00ACGTACGTACGT\n")
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\na\t2\t.\tC\tA\t.\t.\t.\n")
+    assert cli("score", "--vcf", vcf, "--fasta", bad, "--model", "markov:1", "--out", tmp_path / "o.tsv") == 2
+    assert "record 'a': invalid character b'7' at offset 4" in one_line_error(capsys)
+    assert not (tmp_path / "o.tsv").exists()
+
+
+def test_score_header_checks_and_region_parse_are_wired(tmp_path, capsys):
+    fa, vcf = _score_inputs(tmp_path, meta=("##contig=<ID=a,length=999>",))
+    base = ["score", "--vcf", vcf, "--fasta", fa, "--model", "markov:2", "--out", tmp_path / "o.tsv"]
+    assert cli(*base, "--region", "a:100") == 2
+    assert "'a:100': malformed region" in one_line_error(capsys)
+    assert cli(*base, "--strict") == 2
+    assert "##contig length(s) disagree" in one_line_error(capsys)
+    assert cli(*base, "--tsv-info", "NOPE") == 2
+    assert "--tsv-info NOPE: not declared" in one_line_error(capsys)
+    assert cli(*base, "--tsv-info", "Y") == 0  # without --strict the length is a warning
+    assert "warning: " in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*tmp")) and not list(tmp_path.glob("*.lock"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_score_nonfinite_model_output_is_a_counted_status_never_ok(tmp_path, value):
+    from mamba_dna.io.vcf import read_tsv
+    from mamba_dna.model import MambaConfig, MambaLM
+    from mamba_dna.pipelines.score import ScoreConfig, run
+
+    fa, vcf = _score_inputs(tmp_path, n=10)
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=1, d_state=4))
+    with torch.no_grad():
+        model.backbone.norm_f.weight.fill_(value)  # every logit NaN (or +-Inf: NaN after softmax)
+    cfg = ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(tmp_path / "o.tsv"), device="cpu")
+    res = run(cfg, scorer=model, progress=False)
+    assert res.scored == 0 and res.skipped["nonfinite"] == 10 and "nonfinite 10" in res.line()
+    _, header, rows = read_tsv(tmp_path / "o.tsv")
+    status = [r[header.index("status")] for r in rows]
+    assert status == ["nonfinite"] * 10
+    assert all(r[header.index("llr")] == "." for r in rows)
+
+
+def test_score_sigterm_leaves_no_hidden_tmp(tmp_path):
+    fa, vcf = _score_inputs(tmp_path)
+    p = _slow_child(f"""
+        import sys, time
+        from pathlib import Path
+        from mamba_dna.pipelines.score import run  # the function (the package attribute)
+        from mamba_dna.cli import main
+        R = sys.modules["mamba_dna.pipelines.score.run"]
+        orig = R.score_records
+        def slow(*a, **k):
+            out = orig(*a, **k)
+            Path("ready").touch()
+            time.sleep(60)
+            return out
+        R.score_records = slow
+        main(["score", "--vcf", {str(vcf)!r}, "--fasta", {str(fa)!r}, "--model", "markov:2",
+              "--out", "o.vcf.gz"])
+    """, tmp_path)
+    _wait_for(tmp_path / "ready", p)
+    assert [q for q in tmp_path.iterdir() if q.name.endswith(".tmp")]  # mid-write
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "mamba-dna: terminated" in err, err
+    left = sorted(q.name for q in tmp_path.iterdir() if q.name != "cache")
+    assert left == ["in.vcf", "ready", "ref.fa", "ref.fa.fai"], left
+
+
+def _shards(tmp_path: Path, ext: str) -> list[Path]:
+    fa, vcf = _score_inputs(tmp_path)
+    parts = []
+    for i in range(2):
+        parts.append(tmp_path / f"part{i}.{ext}")
+        assert cli("score", "--vcf", vcf, "--fasta", fa, "--model", "markov:2", "--shard", f"{i}/2",
+                   "--out", parts[-1]) == 0
+    return parts
+
+
+@pytest.mark.parametrize("ext", ["tsv", "vcf"])
+def test_score_merge_refuses_a_shard_cut_off_at_a_line_boundary(tmp_path, capsys, ext):
+    from mamba_dna.pipelines.score import merge_outputs
+
+    parts = _shards(tmp_path, ext)
+    assert merge_outputs([str(p) for p in parts], str(tmp_path / f"all.{ext}")) == 40
+    lines = parts[1].read_text().splitlines(keepends=True)
+    assert sum(ln.startswith(("##mamba-dna_records=", "#mamba-dna_rows=")) for ln in lines) == 1  # in the header
+    parts[1].write_text("".join(lines[:-5]))
+    assert cli("score", "merge", *parts, "--out", tmp_path / f"cut.{ext}") == 2
+    line = one_line_error(capsys)
+    assert f"part1.{ext}: cut off: holds 15 of the 20" in line and "(5 missing)" in line, line
+    if ext == "tsv":  # without the count line (another writer) it is refused too
+        parts[1].write_text("".join(ln for ln in lines if not ln.startswith("#mamba-dna_rows=")))
+        assert cli("score", "merge", *parts, "--out", tmp_path / "cut.tsv") == 2
+        assert "no record of how many rows it holds" in one_line_error(capsys)
+    assert not (tmp_path / f"cut.{ext}").exists()
+
+
+def test_merge_outputs_equal_to_a_shard_are_refused(tmp_path):
+    from mamba_dna.pipelines.embed import merge
+    from mamba_dna.pipelines.score import merge_outputs
+
+    parts = _shards(tmp_path, "tsv")
+    before = parts[0].read_bytes()
+    with pytest.raises(InputError, match="this is the input file"):
+        merge_outputs([str(p) for p in parts], str(parts[0]))
+    assert parts[0].read_bytes() == before
+    (tmp_path / "a.h5").write_bytes(b"x")
+    with pytest.raises(InputError, match="this is the input file"):
+        merge([tmp_path / "a.h5"], tmp_path / "a.h5")
+
+
+def test_classify_outputs_guarded(tmp_path):
+    from mamba_dna.pipelines.classify import write_predictions
+
+    fa = fasta(tmp_path / "x.fa", {"a": seq(100)})
+    before = fa.read_bytes()
+    with pytest.raises(InputError, match="this is the input file"):
+        write_predictions([{"file": str(fa), "record": "a", "prediction": "p"}], fa)
+    assert fa.read_bytes() == before
+    write_predictions([{"file": str(fa), "record": "a", "prediction": "p"}], tmp_path / "new" / "p.tsv")
+    assert (tmp_path / "new" / "p.tsv").read_text().startswith("file\trecord")
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+def test_embed_out_equal_to_fasta_layer_99_and_missing_dir(tmp_path, capsys):
+    fa = fasta(tmp_path / "x.fa", {"a": seq(3000)})
+    before = fa.read_bytes()
+    model = _model_dir(tmp_path)
+    base = ["embed", "--fasta", fa, "--model", model, "--window", 1000, "--device", "cpu"]
+    assert cli(*base, "--out", fa) == 2
+    assert "writing it would destroy the input" in one_line_error(capsys)
+    assert fa.read_bytes() == before
+    assert cli(*base, "--layer", 99, "--out", tmp_path / "l.h5") == 2
+    assert "--layer 99: expected an integer in [-2, 1]" in one_line_error(capsys)
+    assert not list(tmp_path.glob("l.h5*"))  # no .partial, no lock
+    assert cli(*base, "--out", tmp_path / "missing" / "dir" / "x.h5") == 0
+    assert (tmp_path / "missing" / "dir" / "x.h5").is_file()
+
+
+def test_embed_nonfinite_output_is_an_error_before_it_is_written(tmp_path):
+    import h5py
+
+    from mamba_dna.model import MambaLM
+    from mamba_dna.pipelines.embed import EmbedConfig, partial_path, run_embed
+
+    fa = fasta(tmp_path / "x.fa", {"a": seq(3000)})
+    model = MambaLM.from_pretrained(_model_dir(tmp_path))
+    with torch.no_grad():
+        model.backbone.norm_f.weight.fill_(float("nan"))
+    out = tmp_path / "e.h5"
+    cfg = EmbedConfig(fasta=str(fa), model="m", out=str(out), window=1000, device="cpu")
+    with pytest.raises(InputError, match="embedding of item .* holds 16 NaN/Inf value"):
+        run_embed(cfg, model=model)
+    assert not out.exists()
+    with h5py.File(partial_path(out), "r") as f:  # nothing flagged done: --resume redoes all
+        assert not f["items/done"][:].any() and int(f.attrs["complete"]) == 0
+
+
+def test_embed_cli_sigkill_then_resume_and_a_second_writer_is_refused(tmp_path, capsys):
+    """A real `mamba-dna embed` child: while it runs a second `embed --out` of the same file
+    gets "in use by pid N"; after its SIGKILL, `embed --resume` finishes the .partial and the
+    file equals an uninterrupted run."""
+    import h5py
+
+    fa = fasta(tmp_path / "x.fa", {"a": seq(30_000, seed=5)})
+    model = _model_dir(tmp_path)
+    args = ["embed", "--fasta", str(fa), "--model", str(model), "--window", "100", "--device", "cpu"]
+    env = {**os.environ, "MAMBA_DNA_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_EMBED), *args, "--out", "k.h5"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(tmp_path / "ready", p, timeout=120)
+        assert cli(*args, "--out", tmp_path / "k.h5", "--resume") == 2
+        assert f"in use by pid {p.pid}" in one_line_error(capsys)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    part = tmp_path / "k.h5.partial"
+    with h5py.File(part, "r", locking=False) as f:
+        n_done = int(f["items/done"][:].sum())
+    assert 0 < n_done < 300  # 300 items in batches of 64
+    assert cli(*args, "--out", tmp_path / "k.h5", "--resume") == 0
+    assert "resuming" in capsys.readouterr().err
+    assert cli(*args, "--out", tmp_path / "fresh.h5") == 0
+    with h5py.File(tmp_path / "k.h5", "r") as a, h5py.File(tmp_path / "fresh.h5", "r") as b:
+        assert int(a.attrs["complete"]) == 1 and a["items/done"][:].all()
+        np.testing.assert_allclose(a["pooled"][:], b["pooled"][:], rtol=1e-5, atol=1e-6)
+    assert not part.exists() and not (tmp_path / "k.h5.lock").exists()
+
+
+def test_embed_on_full_and_read_only_disks_is_one_line(tmp_path, capsys):
+    fa = fasta(tmp_path / "x.fa", {"a": seq(30_000)})
+    model = _model_dir(tmp_path)
+    base = ["embed", "--fasta", fa, "--model", model, "--window", 100, "--per-position", "--device", "cpu"]
+    full = tmp_path / "full"
+    _mount_tmpfs(full, "size=300k")
+    try:
+        assert cli(*base, "--out", full / "x.h5") == 2
+        assert "needs about" in one_line_error(capsys)
+        assert os.listdir(full) == []
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
+    ro = tmp_path / "ro"
+    _mount_tmpfs(ro, "size=64k,ro")
+    try:
+        assert cli(*base, "--out", ro / "x.h5") == 2
+        assert "read-only file system" in one_line_error(capsys)
+        fa2, vcf = _score_inputs(tmp_path)
+        for out in ("x.tsv", "x.vcf.gz"):
+            assert cli("score", "--vcf", vcf, "--fasta", fa2, "--model", "markov:2", "--out", ro / out) == 2
+            assert "read-only file system" in one_line_error(capsys)
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+
+def _pretrain_args(fa: Path, out: Path, *extra) -> list:
+    return ["pretrain", fa, "--out", out, "--d-model", 16, "--n-layer", 1, "--seq-len", 64,
+            "--batch-size", 2, "--steps", 4, "--eval-every", 2, "--eval-windows", 2,
+            "--checkpoint-every", 2, "--device", "cpu", *extra]
+
+
+def test_pretrain_options_out_guard_and_changed_inputs(tmp_path, capsys):
+    fa = fasta(tmp_path / "a.fa", {"a": seq(20000)})
+    run = tmp_path / "run"
+    assert cli(*_pretrain_args(fa, run, "--stop-at", -1)) == 2
+    assert "--stop-at -1: expected a step >= 1" in one_line_error(capsys)
+    assert cli(*_pretrain_args(fa, run, "--warmup-steps", -5)) == 2
+    assert "--warmup-steps -5" in one_line_error(capsys)
+    assert cli(*_pretrain_args(fa, fa)) == 2
+    assert "writing it would destroy the input" in one_line_error(capsys)
+    assert cli(*_pretrain_args(fa, run, "--stop-at", 2)) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["inputs_fingerprint"][0]["size"] == fa.stat().st_size
+    other = fasta(tmp_path / "b.fa", {"b": seq(20000, seed=9)})
+    assert cli(*_pretrain_args(other, run)) == 2  # another FASTA on the existing run
+    line = one_line_error(capsys)
+    assert "this run was started on" in line and "b.fa) differ" in line
+    fasta(fa, {"a": seq(20000, seed=1)})  # same path, other content
+    assert cli(*_pretrain_args(fa, run)) == 2
+    assert "a.fa: changed since the run" in one_line_error(capsys)
+    fasta(fa, {"a": seq(20000)})  # the original back: resumes
+    assert cli(*_pretrain_args(fa, run)) == 0
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if r.get("split") == "train"]
+    assert steps == sorted(set(steps))
+
+
+def test_pretrain_second_process_on_a_run_directory_is_refused(tmp_path, capsys):
+    fa = fasta(tmp_path / "a.fa", {"a": seq(20000)})
+    run = tmp_path / "run"
+    args = [str(a) for a in _pretrain_args(fa, run)]
+    p = _slow_child(f"""
+        import time
+        from pathlib import Path
+        from mamba_dna.pipelines.pretrain import trainer as T
+        from mamba_dna.cli import main
+        orig = T.Pretrainer.train
+        def slow(self):
+            Path("ready").touch()
+            time.sleep(60)
+            return orig(self)
+        T.Pretrainer.train = slow
+        main({args!r})
+    """, tmp_path)
+    try:
+        _wait_for(tmp_path / "ready", p, timeout=120)
+        assert cli(*args) == 2
+        assert f"in use by pid {p.pid}" in one_line_error(capsys)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    assert not (run / "metrics.jsonl").exists()  # the second never trained
+    assert cli(*args) == 0  # the dead owner's lock never blocks

@@ -31,6 +31,12 @@ from mamba_dna.fsutil import atomic_path
 
 _ALLELE_RE = re.compile(r"^[ACGTNacgtn]+$")
 MISSING = "."
+# what a written output says it holds, so a copy cut off at a line boundary is caught
+# (`score merge`): a fixed-width header line, patched in when the file is complete (VCF:
+# records; TSV: rows; TSV on stdout: the last line)
+RECORDS_META = "##mamba-dna_records="
+TSV_ROWS = "#mamba-dna_rows="
+_COUNT_DIGITS = 12
 
 
 @dataclass
@@ -348,8 +354,12 @@ class VcfWriter:
         self.compressed = self.dest.name.endswith((".gz", ".bgz"))
         self.infos = list(infos)
         ours = {i.id for i in self.infos}
-        kept = [m for m in meta if not any(m.startswith(f"##INFO=<ID={k},") for k in ours)]
+        kept = [m for m in meta if not any(m.startswith(f"##INFO=<ID={k},") for k in ours)
+                and not m.startswith(RECORDS_META)]
         self._header = kept + [i.header_line() for i in self.infos] + list(extra_meta)
+        # the record count is written into this fixed-width line when the file is complete
+        self._count_at = len("".join(m + "\n" for m in self._header).encode()) + len(RECORDS_META)
+        self._header.append(RECORDS_META + "0" * _COUNT_DIGITS)
         self._header.append("#" + "\t".join(columns))
         self._ours = ours
         self.n_written = 0
@@ -391,6 +401,9 @@ class VcfWriter:
                 self._plain.unlink(missing_ok=True)
             self._ctx.__exit__(et, ev, tb)
             return
+        with open(self._plain, "r+b") as fh:  # the count line: complete
+            fh.seek(self._count_at)
+            fh.write(f"{self.n_written:0{_COUNT_DIGITS}d}".encode())
         tbi_tmp = None
         if self.compressed:
             import pysam
@@ -415,7 +428,8 @@ class VcfWriter:
 class TsvWriter:
     """One row per ALT, input order: chrom pos id ref alt <columns...>; atomic.
 
-    The first line is a '#'-comment with provenance (pandas: `comment="#"`); '-' = stdout.
+    The first line is a '#'-comment with provenance (pandas: `comment="#"`), the second
+    the row count ("#mamba-dna_rows=N", filled in when complete); '-' = stdout.
     """
 
     KEY_COLUMNS = ("chrom", "pos", "id", "ref", "alt")
@@ -429,17 +443,20 @@ class TsvWriter:
     def __enter__(self) -> TsvWriter:
         import sys
 
+        head = f"#{self.comment}\n" if self.comment else ""
         if self.dest == "-":
             self._ctx = None
             self._fh = sys.stdout
         else:
             self._ctx = atomic_path(self.dest)
-            tmp = self._ctx.__enter__()
-            opener = gzip.open if self.dest.endswith(".gz") else open
-            self._fh = opener(tmp, "wt", encoding="utf-8")
-        if self.comment:
-            self._fh.write(f"#{self.comment}\n")
-        self._fh.write("\t".join(self.columns) + "\n")
+            self._tmp = self._ctx.__enter__()
+            # .gz: written plain, the count filled in, then compressed
+            gz = self.dest.endswith(".gz")
+            self._plain = self._tmp.with_name(self._tmp.name + ".plain") if gz else self._tmp
+            self._fh = open(self._plain, "w", encoding="utf-8")
+            self._count_at = len(head.encode()) + len(TSV_ROWS)
+            head += TSV_ROWS + "0" * _COUNT_DIGITS + "\n"
+        self._fh.write(head + "\t".join(self.columns) + "\n")
         return self
 
     def write_row(self, rec: VcfRecord, alt: str, values: Sequence) -> None:
@@ -453,22 +470,45 @@ class TsvWriter:
 
     def __exit__(self, et, ev, tb) -> None:
         if self._ctx is None:
+            if et is None:
+                self._fh.write(f"{TSV_ROWS}{self.n_written}\n")
             self._fh.flush()
             return
         self._fh.close()
-        self._ctx.__exit__(et, ev, tb)
+        try:
+            if et is None:
+                with open(self._plain, "r+b") as fh:  # the count line: complete
+                    fh.seek(self._count_at)
+                    fh.write(f"{self.n_written:0{_COUNT_DIGITS}d}".encode())
+                if self._plain != self._tmp:
+                    import shutil
+
+                    with open(self._plain, "rb") as src, gzip.open(self._tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        except BaseException as e:
+            et, ev, tb = type(e), e, e.__traceback__
+            raise
+        finally:
+            if self._plain != self._tmp:
+                self._plain.unlink(missing_ok=True)
+            self._ctx.__exit__(et, ev, tb)
 
 
-def read_tsv(path: str | os.PathLike) -> tuple[str, list[str], list[list[str]]]:
-    """(comment line without '#', header columns, rows) of a TsvWriter output."""
+def read_tsv(path: str | os.PathLike, *, end: bool = False):
+    """(comment line without '#', header columns, rows) of a TsvWriter output; with
+    `end=True` also the row count its count line declares (None: no such line)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such TSV file")
     opener = gzip.open if p.name.endswith(".gz") else open
-    comment, header, rows = "", [], []
+    comment, header, rows, declared = "", [], [], None
     with opener(p, "rt", encoding="utf-8") as fh:
         for i, raw in enumerate(fh, 1):
             line = raw.rstrip("\n")
+            if line.startswith(TSV_ROWS):
+                tail = line[len(TSV_ROWS):].strip()
+                declared = int(tail) if tail.isdigit() else -1
+                continue
             if line.startswith("#"):
                 comment = line[1:] if not comment else comment
                 continue
@@ -481,4 +521,4 @@ def read_tsv(path: str | os.PathLike) -> tuple[str, list[str], list[list[str]]]:
             rows.append(row)
     if not header:
         raise InputError(f"{p}: empty TSV (no header line)")
-    return comment, header, rows
+    return (comment, header, rows, declared) if end else (comment, header, rows)

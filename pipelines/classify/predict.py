@@ -13,7 +13,7 @@ import numpy as np
 from mamba_dna import log
 from mamba_dna.device import resolve_device
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.fsutil import atomic_path
+from mamba_dna.fsutil import atomic_path, guard_output, os_errors, prepare_output
 
 from .data import read_labels
 from .finetune import FORMAT, FinetunedClassifier
@@ -84,7 +84,9 @@ def write_predictions(rows: list[dict], path: str | os.PathLike | None) -> str:
         "\t".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + "\n"
         for r in rows)
     if path:
-        with atomic_path(path) as tmp:
+        guard_output(path, sorted({str(r["file"]) for r in rows}))
+        prepare_output(path)
+        with os_errors(path), atomic_path(path) as tmp:
             Path(tmp).write_text(text)
     return text
 

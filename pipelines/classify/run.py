@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mamba_dna import log
 from mamba_dna.errors import InputError
-from mamba_dna.fsutil import atomic_path, write_json
+from mamba_dna.fsutil import atomic_path, guard_output, os_errors, prepare_output, write_json
 
 from .config import ClassifyConfig
 from .data import GenomeCache, draw_windows, make_segments, read_labels
@@ -22,9 +22,15 @@ def run_train(cfg: ClassifyConfig) -> dict:
     """Train + evaluate (model and k-mer baseline); write everything under cfg.out."""
     # setup
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     sources = read_labels(cfg.labels, label_column=cfg.label_column, group=cfg.group,
                           include=cfg.include, label_from_record=cfg.label_from_record)
+    guard_output(out, [cfg.labels, cfg.model, *{s.file for s in sources}])
+    prepare_output(out / "report.json")
+    with os_errors(out):  # read-only / full disk: one line naming the file
+        return _run_train(cfg, out, sources)
+
+
+def _run_train(cfg: ClassifyConfig, out: Path, sources) -> dict:
     classes = sorted({s.label for s in sources})
     log.info(f"{len(sources)} records, {len(classes)} classes: {', '.join(classes)}")
     segs = make_segments(sources, split_by=cfg.split_by, window=cfg.window,

@@ -22,7 +22,7 @@ CORPUS_GLOBS = ("species/virus/*reference*.fna.gz", "species/mito/*.fna.gz")
 CORPUS_EXCLUDE = ("dengue", "mpox_clade-iib")
 SEROTYPE_RE = r"_(DENV[1-4])$"
 FITNESS_BAD, FITNESS_OK = -3.0, -0.5  # Bloom & Neher: clearly deleterious vs tolerated
-OUTPUTS = ("report.md", "summary.json", "shards", "pretrain", "score", "embed", "classify")
+OUTPUTS = ("report.md", "summary.json", "shards", "pretrain", "pretrain_mlm", "score", "embed", "classify")
 
 
 
@@ -48,6 +48,10 @@ class Preset:
     per_class: int
     bp_per_class: int
     kmer_ks: list[int] | None = None  # k-mer baseline's k search (None: classify's 3..6)
+    # the bidirectional stage: a Caduceus-PS masked LM on the same shards
+    mlm_d_model: int = 64
+    mlm_n_layer: int = 2
+    mlm_share: float = 0.5  # its budget: this share of the causal model's minutes
 
 
 FULL = Preset(d_model=128, n_layer=2, seq_len=1024, batch_size=8, minutes=4.0, steps=None,
@@ -61,7 +65,7 @@ QUICK = Preset(d_model=32, n_layer=1, seq_len=256, batch_size=4, minutes=None, s
                min_steps=2, lr=3e-3, eval_windows=4, n_evals=2,
                markov_orders=list(range(0, 7)), score_region_bp=2000, embed_bp=512,
                classify_window=256, classify_lengths=[256], per_class=8,
-               bp_per_class=1 << 12, kmer_ks=[3, 4])
+               bp_per_class=1 << 12, kmer_ks=[3, 4], mlm_d_model=16, mlm_n_layer=1)
 
 
 @dataclass
@@ -75,6 +79,8 @@ class DemoConfig:
     steps: int | None = None  # fixed pretraining steps instead of a budget
     device: str = "auto"
     seed: int = 0
+    model: str | None = None  # DIR or hf:ID: score / embed / classify with it, no pretraining
+    mlm: bool = True  # the bidirectional stage (a masked Caduceus-PS beside the causal model)
     preset: Preset | None = None  # None: FULL or QUICK from `quick`
 
     def __post_init__(self) -> None:
@@ -91,3 +97,5 @@ class DemoConfig:
             raise ConfigError(f"--minutes {self.minutes}: expected a positive number")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps {self.steps}: expected >= 1")
+        if self.model is not None and (self.minutes is not None or self.steps is not None):
+            raise ConfigError("demo: --model skips pretraining; --minutes and --steps do not apply")

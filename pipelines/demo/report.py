@@ -22,14 +22,18 @@ def _rel(path: str, out: Path) -> str:
 
 def write_report(res: dict, out: Path) -> Path:
     """OUT/report.md: every figure with its baseline; plots linked relative to OUT."""
-    c, tk, pt, sc, em, cl = (res["config"], res["tokenize"], res["pretrain"], res["score"],
-                             res["embed"], res["classify"])
+    c, sc, em, cl = res["config"], res["score"], res["embed"], res["classify"]
     L = [f"# mamba-dna demo{' (quick mode: toy scale, figures mean little)' if c['quick'] else ''}", ""]
     L += [f"mamba-dna {__version__}, {res['machine']}; data: `{res['data']}`; "
           f"total wall time {res['total_seconds']:.0f} s"
           + (f" (load average at the end {res['load_end']:.1f})" if res.get("load_end") is not None else "")
           + ".", ""]
-    for section in (_data_section(tk, out), _pretrain_section(c, pt, out), _score_section(sc, out),
+    if "model" in res:  # --model: no pretraining
+        first = _given_model_section(res["model"])
+    else:
+        first = (_data_section(res["tokenize"], out) + _pretrain_section(c, res["pretrain"], out)
+                 + _mlm_section(res.get("pretrain_mlm"), out))
+    for section in (first, _score_section(sc, out),
                     _embed_section(em, out), _classify_section(c, cl, out), _timings_section(res),
                     NOTES):
         L += section
@@ -78,6 +82,39 @@ def _pretrain_section(c: dict, pt: dict, out: Path) -> list[str]:
     return L
 
 
+def _given_model_section(m: dict) -> list[str]:
+    return ["## 1. Data and tokenization", "", "Skipped: `--model` was given, nothing is pretrained.", "",
+            "## 2. Model (given, no pretraining)", "",
+            f"`{m['spec']}` ({m['model_dir']}): {m['kind']}, n_layer {m['n_layer']}, d_model "
+            f"{m['d_model']}, {m['parameters']:,} parameters"
+            + ("; a masked model: variants are scored by MLM_LLR (the variant masked in a 512 bp "
+               "window) beside the two-sided k-mer model." if m["masked"] else "."), ""]
+
+
+def _mlm_section(pm: dict | None, out: Path) -> list[str]:
+    """The bidirectional stage: the masked model beside the two-sided k-mer model."""
+    if not pm:
+        return []
+    cal = pm["calibration"]
+    budget = (f"a {pm['budget_minutes']:g}-minute budget (calibrated: {cal['step_s']:.2f} s per step)"
+              if cal else f"a fixed {pm['planned_steps']} steps")
+    return ["### Masked language model (bidirectional)", "",
+            f"Caduceus-PS (reverse-complement equivariant BiMamba), n_layer {pm['n_layer']}, d_model "
+            f"{pm['d_model']} ({pm['parameters'] or 0:,} parameters), trained as Caduceus is: 15% of "
+            "bases chosen (80% masked, 10% a random base, 10% kept), loss on those only; same "
+            f"windows and split as above; {pm['steps']} steps ({pm['tokens']:,} tokens) in "
+            f"{pm['seconds']:.0f} s, {budget}.", "",
+            "| masked model (validation: the same masked positions) | masked bits per base |", "|---|---|",
+            f"| Caduceus-PS, final | {fmt(pm['val_bits_per_base'], 4)} |",
+            f"| Caduceus-PS, best | {fmt(pm['best_val_bits_per_base'], 4)} |",
+            f"| two-sided k-mer, k={pm['kmer2_k']} (k bases each side; k chosen on validation) "
+            f"| {fmt(pm['kmer2_bits_per_base'], 4)} |",
+            "| uniform | 2.0000 |", "",
+            f"Masked validation bases: {pm['val_bases'] or 0:,}. The one-sided Markov bar above is "
+            "not a fair one for a model that sees both sides of the base.", "",
+            f"![masked LM training curve]({_rel(pm['curve'], out)})", ""]
+
+
 def _score_section(sc: dict, out: Path) -> list[str]:
     L: list[str] = []
     L += ["## 3. Zero-shot variant effect scores", "",
@@ -85,6 +122,10 @@ def _score_section(sc: dict, out: Path) -> list[str]:
           "(one streaming pass per strand, the fast path). SARS-CoV-2: Spearman rho of LLR vs "
           f"the fitness estimate (and AUROC of FITNESS < {FITNESS_BAD:g}); mtDNA: AUROC of "
           "-LLR for pathogenic vs common.", ""]
+    if sc["sets"][0]["scorers"]["network"].get("score") == "mlm_llr":
+        L += ["The given model is a masked LM: its score (and the two-sided k-mer model's) is "
+              "MLM_LLR = log P(alt) - log P(ref) with the variant masked in a 512 bp window "
+              "(PlantCaduceus's zero-shot score); the Markov rows are LLR as above.", ""]
     if sc.get("region"):
         L += [f"(quick mode: only the variants in the first {sc['region']:,} bp of SARS-CoV-2 are scored)", ""]
     keys = list(sc["sets"][0]["scorers"])
@@ -166,9 +207,16 @@ NOTES = ["## Notes", "",
 
 def headline(res: dict) -> dict:
     """The figures printed on stdout (also in summary.json)."""
-    pt, sc, em, cl = res["pretrain"], res["score"], res["embed"], res["classify"]
-    h = {"pretrain_val_bits_per_base": pt["val_bits_per_base"],
-         "markov_val_bits_per_base": pt["markov_bits_per_base"], "markov_order": pt["markov_order"]}
+    sc, em, cl = res["score"], res["embed"], res["classify"]
+    h: dict = {}
+    if "pretrain" in res:
+        pt = res["pretrain"]
+        h.update({"pretrain_val_bits_per_base": pt["val_bits_per_base"],
+                  "markov_val_bits_per_base": pt["markov_bits_per_base"], "markov_order": pt["markov_order"]})
+    if res.get("pretrain_mlm"):
+        pm = res["pretrain_mlm"]
+        h.update({"mlm_val_masked_bits_per_base": pm["val_bits_per_base"],
+                  "kmer2_val_masked_bits_per_base": pm["kmer2_bits_per_base"], "kmer2_k": pm["kmer2_k"]})
     for s in sc["sets"]:
         for k, v in s["scorers"].items():
             h[f"{s['key']}_{s['metric']}_{k}"] = v["value"]
@@ -181,19 +229,26 @@ def headline(res: dict) -> dict:
 
 def format_headline(res: dict) -> str:
     """What `mamba-dna demo` prints on stdout: where everything went + the headline figures."""
-    pt, sc, em, cl = res["pretrain"], res["score"], res["embed"], res["classify"]
-    rows = [("report", res["report"]), ("model", pt["model_dir"]),
-            ("embeddings", em["h5"]), ("classifiers", cl["dir"]),
-            ("pretrain", f"validation {fmt(pt['val_bits_per_base'], 4)} bits/base after "
-                         f"{pt['steps']} steps / {pt['tokens']:,} tokens (Markov order "
-                         f"{pt['markov_order']}: {fmt(pt['markov_bits_per_base'], 4)}, uniform 2)")]
+    sc, em, cl = res["score"], res["embed"], res["classify"]
+    model = res["model"]["model_dir"] if "model" in res else res["pretrain"]["model_dir"]
+    rows = [("report", res["report"]), ("model", model),
+            ("embeddings", em["h5"]), ("classifiers", cl["dir"])]
+    if "pretrain" in res:
+        pt = res["pretrain"]
+        rows.append(("pretrain", f"validation {fmt(pt['val_bits_per_base'], 4)} bits/base after "
+                                 f"{pt['steps']} steps / {pt['tokens']:,} tokens (Markov order "
+                                 f"{pt['markov_order']}: {fmt(pt['markov_bits_per_base'], 4)}, uniform 2)"))
+    if res.get("pretrain_mlm"):
+        pm = res["pretrain_mlm"]
+        rows.append(("pretrain-mlm", f"Caduceus-PS validation {fmt(pm['val_bits_per_base'], 4)} masked "
+                                     f"bits/base after {pm['steps']} steps (two-sided k-mer k="
+                                     f"{pm['kmer2_k']}: {fmt(pm['kmer2_bits_per_base'], 4)}, uniform 2)"))
     for s in sc["sets"]:
         v = s["scorers"]
         metric = "Spearman rho" if s["metric"] == "spearman" else "AUROC"
-        rows.append(("score", f"{s['set']}: {metric} {fmt(v['network']['value'])} (Markov same "
-                              f"corpus {fmt(v['markov_corpus']['value'])}, Markov on the reference "
-                              f"{fmt(v['markov_ref']['value'])}, composition only "
-                              f"{fmt(v['composition']['value'])}), n={v['network']['n']:,}"))
+        peers = ", ".join(f"{x['name']} {fmt(x['value'])}" for k, x in v.items() if k != "network")
+        rows.append(("score", f"{s['set']}: {metric} {fmt(v['network']['value'])} ({peers}), "
+                              f"n={v['network']['n']:,}"))
     rows.append(("embed", f"{em['n']} dengue genomes: serotype LOO 1-NN {fmt(em['loo_1nn_model'])} "
                           f"(4-mer profiles {fmt(em['loo_1nn_kmer'])})"))
     rows.append(("classify", f"dengue serotype from {cl['window']:,} bp windows of held-out genomes: "

@@ -26,7 +26,8 @@ class _Stages:
     """Wall-clock and CPU seconds per stage (CPU: all threads of this process; on a shared
     machine wall time depends on the load, CPU time much less)."""
 
-    def __init__(self):
+    def __init__(self, total: int):
+        self.total = total
         self.t0, self.c0 = time.time(), time.process_time()
         self.seconds: dict[str, float] = {}
         self.cpu_seconds: dict[str, float] = {}
@@ -34,7 +35,7 @@ class _Stages:
 
     def start(self, name: str, what: str) -> tuple[float, float]:
         self.n += 1
-        log.info(f"[{self.n}/6] {name}: {what}")
+        log.info(f"[{self.n}/{self.total}] {name}: {what}")
         return time.time(), time.process_time()
 
     def done(self, name: str, t: tuple[float, float]) -> None:
@@ -55,9 +56,25 @@ def _machine() -> str:
             f"({threads} torch threads{load}), {dev}, torch {torch.__version__}")
 
 
+def _given_model(spec: str) -> dict:
+    """What the report says about a --model DIR|hf:ID (no pretraining ran)."""
+    from mamba_dna.load import load_model, model_dir
+
+    m = load_model(spec)
+    c = m.config
+    kind = ("Caduceus-PS" if c.rcps else "Caduceus-Ph / BiMamba") if getattr(c, "bidirectional", False) else "Mamba LM"
+    return {"spec": spec, "model_dir": str(model_dir(spec)), "kind": kind,
+            "masked": getattr(m, "is_causal", True) is False, "d_model": c.d_model, "n_layer": c.n_layer,
+            "parameters": sum(p.numel() for p in m.parameters())}
+
+
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run every stage, write OUT/report.md and OUT/summary.json; return the results."""
-    stages = _Stages()
+    """Run every stage, write OUT/report.md and OUT/summary.json; return the results.
+
+    With cfg.model (DIR or hf:ID): no tokenize / pretrain stages; score, embed and classify
+    run with that model (a masked one is scored by MLM_LLR beside the two-sided k-mer model)."""
+    given = cfg.model is not None
+    stages = _Stages(4 if given else (7 if cfg.mlm else 6))
     data = find_data(cfg.data)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -77,19 +94,35 @@ def run_demo(cfg: DemoConfig) -> dict:
     log.info(f"demo: data {data}, output {out}{' (quick mode)' if cfg.quick else ''}; {_machine()}")
     res: dict = {"config": asdict(cfg), "data": str(data), "machine": _machine()}
 
-    t = stages.start("tokenize", "virus + mitochondrial genomes -> shards")
-    res["tokenize"] = stage_tokenize(cfg, data, out / "shards")
-    stages.done("tokenize", t)
+    if given:
+        res["model"] = _given_model(cfg.model)
+        model_dir = res["model"]["model_dir"]
+        log.info(f"demo: --model {cfg.model} ({res['model']['kind']}, {res['model']['parameters']:,} "
+                 "parameters): tokenize and pretrain skipped")
+        t = stages.start("score", "SARS-CoV-2 fitness and human mtDNA variants, the given model vs baselines")
+        res["score"] = stage_score(cfg, data, model_dir, None, 0, out / "score",
+                                   model_label=res["model"]["kind"])
+        stages.done("score", t)
+    else:
+        t = stages.start("tokenize", "virus + mitochondrial genomes -> shards")
+        res["tokenize"] = stage_tokenize(cfg, data, out / "shards")
+        stages.done("tokenize", t)
 
-    t = stages.start("pretrain", "a small Mamba LM; validation bits/base beside the Markov baseline")
-    res["pretrain"] = stage_pretrain(cfg, out / "shards", out / "pretrain")
-    stages.done("pretrain", t)
-    model_dir = Path(res["pretrain"]["model_dir"])
+        t = stages.start("pretrain", "a small Mamba LM; validation bits/base beside the Markov baseline")
+        res["pretrain"] = stage_pretrain(cfg, out / "shards", out / "pretrain")
+        stages.done("pretrain", t)
+        model_dir = Path(res["pretrain"]["model_dir"])
 
-    t = stages.start("score", "SARS-CoV-2 fitness and human mtDNA variants, network vs Markov")
-    res["score"] = stage_score(cfg, data, model_dir, out / "shards",
-                               int(res["pretrain"]["markov_order"] or 0), out / "score")
-    stages.done("score", t)
+        if cfg.mlm:
+            t = stages.start("pretrain-mlm", "a masked Caduceus-PS on the same windows; masked bits/base "
+                             "beside the two-sided k-mer baseline")
+            res["pretrain_mlm"] = stage_pretrain(cfg, out / "shards", out / "pretrain_mlm", arch="caduceus-ps")
+            stages.done("pretrain-mlm", t)
+
+        t = stages.start("score", "SARS-CoV-2 fitness and human mtDNA variants, network vs Markov")
+        res["score"] = stage_score(cfg, data, model_dir, out / "shards",
+                                   int(res["pretrain"]["markov_order"] or 0), out / "score")
+        stages.done("score", t)
 
     t = stages.start("embed", "dengue genomes -> HDF5; serotype neighbours vs 4-mer profiles")
     res["embed"] = stage_embed(cfg, data, model_dir, out / "embed")

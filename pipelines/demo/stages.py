@@ -46,9 +46,10 @@ def stage_tokenize(cfg: DemoConfig, data: Path, out: Path) -> dict:
             "dir": str(out)}
 
 
-def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
+def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path, arch: str = "mamba") -> dict:
     """A small model for the time budget (or fixed steps); a run stopped at the hard deadline
-    is exported as it stands (Pretrainer.export)."""
+    is exported as it stands (Pretrainer.export). arch "caduceus-ps": the bidirectional stage,
+    a masked LM (narrower, `mlm_share` of the budget) beside the two-sided k-mer baseline."""
     from dataclasses import replace
 
     from mamba_dna.pipelines.pretrain import PretrainConfig, Pretrainer, calibrate, read_metrics
@@ -56,15 +57,19 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
     from mamba_dna import distributed as mdist
 
     p = cfg.preset
+    mlm = arch != "mamba"
+    d_model, n_layer = (p.mlm_d_model, p.mlm_n_layer) if mlm else (p.d_model, p.n_layer)
     pcfg = PretrainConfig(
-        inputs=[str(shards)], out=str(out),
-        model={"d_model": p.d_model, "n_layer": p.n_layer},
+        inputs=[str(shards)], out=str(out), arch=arch,
+        model={"d_model": d_model, "n_layer": n_layer},
         seq_len=p.seq_len, batch_size=p.batch_size, lr=p.lr, steps=1,
         eval_windows=p.eval_windows, markov_orders=p.markov_orders, seed=cfg.seed,
         device=cfg.device, log_every=5,
     )
     device = resolve_device(cfg.device)
     minutes = cfg.minutes if cfg.minutes is not None else (None if cfg.steps else p.minutes)
+    if mlm and minutes is not None:
+        minutes *= p.mlm_share
     cal = calibrate(pcfg, device) if minutes is not None else None
     steps = _budget_steps(cfg, cal, minutes, device)
     pcfg = replace(pcfg, steps=steps, warmup_steps=max(1, steps // 10),
@@ -90,14 +95,18 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path) -> dict:
     elif result.stopped_by:
         raise MambaDNAError(f"demo: pretraining stopped by {result.stopped_by} at step "
                             f"{result.step}; the partial run is in {out}")
+    kmer2 = result.kmer2 or {}
     return {"dir": str(out), "model_dir": str(out / "model"), "curve": str(out / "curves.png"),
-            "d_model": p.d_model, "n_layer": p.n_layer, "parameters": result.parameters,
+            "arch": arch, "objective": result.objective,
+            "d_model": d_model, "n_layer": n_layer, "parameters": result.parameters,
             "steps": int(result.step), "planned_steps": steps, "tokens": int(result.tokens),
             "seq_len": p.seq_len, "batch_size": p.batch_size, "seconds": round(train_s, 1),
             "budget_minutes": minutes, "calibration": cal, "tokens_per_s": result.train_tokens_per_s,
             **_curve_figures(read_metrics(out)),
             "markov_order": (result.markov or {}).get("order"),
-            "markov_bits_per_base": (result.markov or {}).get("bits_per_base"), "device": str(device)}
+            "markov_bits_per_base": (result.markov or {}).get("bits_per_base"),
+            "kmer2_k": kmer2.get("k"), "kmer2_bits_per_base": kmer2.get("masked_bits_per_base"),
+            "device": str(device)}
 
 
 def _curve_figures(rows: list[dict]) -> dict:
@@ -109,7 +118,7 @@ def _curve_figures(rows: list[dict]) -> dict:
         "best_val_bits_per_base": min((r["bits_per_base"] for r in vals), default=None),
         "first_val_bits_per_base": vals[0]["bits_per_base"] if vals else None,
         "last_train_bits_per_base": trains[-1]["bits_per_base"] if trains else None,
-        "val_bases": vals[-1]["val_bases"] if vals else None,
+        "val_bases": vals[-1].get("val_bases", vals[-1].get("masked_targets")) if vals else None,
     }
 
 
@@ -142,8 +151,39 @@ def _corpus_markov(shards: Path, order: int):
     return mm
 
 
-def stage_score(cfg: DemoConfig, data: Path, model_dir: Path, shards: Path, order: int,
-                out: Path) -> dict:
+def _scorer_rows(network, model_label: str, genome, shards: Path | None, order: int) -> list[tuple]:
+    """(key, name, description, scorer, --scores, column) of each scorer of one variant set.
+
+    A masked network is scored by MLM_LLR (column mlm_llr) beside the two-sided k-mer model
+    fitted on the reference (the fair bar for a model that sees both sides); a causal one by
+    LLR beside the Markov model of its own training windows (`shards`, when the demo
+    pretrained it). Both get the reference Markov model and composition."""
+    from mamba_dna.pipelines.score import load_scorer
+
+    masked = getattr(network, "is_causal", True) is False
+    rows = [("network", model_label, "the given model" if shards is None else "the pretrained model",
+             network, "mlm" if masked else "llr", "mlm_llr" if masked else "llr")]
+    if masked:
+        rows.append(("kmer2_ref", "two-sided k-mer (reference)",
+                     "P(base | k bases each side), fitted on the scored reference, k chosen on its last "
+                     "10%; MLM_LLR with the same windows", load_scorer("kmer2:auto", genome), "mlm", "mlm_llr"))
+    elif shards is not None:
+        rows.append(("markov_corpus", f"Markov-{order} (corpus)",
+                     f"order {order} (chosen in pretraining), fitted on the same training windows",
+                     _corpus_markov(shards, order), "llr", "llr"))
+    ref_mm = load_scorer("markov:auto", genome)
+    rows += [("markov_ref", f"Markov-{ref_mm.order} (reference)",
+              "fitted on the scored reference itself, order chosen on its last 10%", ref_mm, "llr", "llr"),
+             ("composition", "Markov-0 (composition)",
+              "base frequencies of the reference only: what composition alone gives",
+              load_scorer("markov:0", genome), "llr", "llr")]
+    return rows
+
+
+def stage_score(cfg: DemoConfig, data: Path, model_dir: str, shards: Path | None, order: int,
+                out: Path, model_label: str = "Mamba LM") -> dict:
+    """Zero-shot scores of both variant sets by the network and its baselines; `shards` None
+    (a given --model): no corpus Markov peer (the model was trained elsewhere)."""
     from mamba_dna.pipelines.score import ScoreConfig, evaluate_labelled, load_scorer, read_scored
     from mamba_dna.pipelines.score import run as score_run
 
@@ -158,37 +198,27 @@ def stage_score(cfg: DemoConfig, data: Path, model_dir: Path, shards: Path, orde
          "vcf": data / MT_VCF, "label": "Y", "metric": "auroc"},
     ]
     network = load_scorer(str(model_dir), device=cfg.device)
-    corpus_mm = _corpus_markov(shards, order)
     results = []
     for s in sets:
         genome = Genome(s["ref"], invalid="N")
         if p.score_region_bp and s["key"] == "sarscov2":  # quick: the first bases only
             s["vcf"] = _head_vcf(s["vcf"], p.score_region_bp, out / f"{s['key']}.quick.vcf.gz")
-        ref_mm = load_scorer("markov:auto", genome)
-        scorers = [("network", "Mamba LM", "the pretrained model", network),
-                   ("markov_corpus", f"Markov-{order} (corpus)",
-                    f"order {order} (chosen in pretraining), fitted on the same training windows",
-                    corpus_mm),
-                   ("markov_ref", f"Markov-{ref_mm.order} (reference)",
-                    "fitted on the scored reference itself, order chosen on its last 10%", ref_mm),
-                   ("composition", "Markov-0 (composition)",
-                    "base frequencies of the reference only: what composition alone gives",
-                    load_scorer("markov:0", genome))]
         row = {"set": s["name"], "key": s["key"], "metric": s["metric"], "scorers": {}}
-        for key, name, desc, scorer in scorers:
+        for key, name, desc, scorer, score, col in _scorer_rows(network, model_label, genome, shards, order):
             tsv = out / f"{s['key']}.{key}.tsv"
             sc = ScoreConfig(vcf=str(s["vcf"]), fasta=str(s["ref"]), model=key, out=str(tsv),
-                             scores=("llr",), device=cfg.device, tsv_info=(s["label"],))
+                             scores=(score,), device=cfg.device, tsv_info=(s["label"],))
             summ = score_run(sc, scorer=scorer)
             ev = evaluate_labelled(str(tsv), str(s["vcf"]), s["label"], metric=s["metric"],
-                                   score="llr", threshold=FITNESS_BAD if s["metric"] == "spearman" else None)
+                                   score=col, threshold=FITNESS_BAD if s["metric"] == "spearman" else None)
             rows = read_scored(str(tsv))
             lab = s["label"].lower()
-            llr = np.array([float(r["llr"]) if r["llr"] not in (".", "") else np.nan for r in rows])
+            llr = np.array([float(r[col]) if r[col] not in (".", "") else np.nan for r in rows])
             y = np.array([float(r[lab]) if r.get(lab) not in (None, ".", "") else np.nan for r in rows])
             row["scorers"][key] = {
                 "desc": desc, "name": name, "tsv": str(tsv),
                 "value": ev["value"], "n": ev["n"], "auroc_below": ev.get("auroc_below_threshold"),
+                "score": col,
                 "scored": summ.scored, "seconds": round(summ.seconds, 1),
                 "_llr": llr, "_y": y,
             }

@@ -12,15 +12,16 @@ import numpy as np
 from mamba_dna.pipelines.embed.writer import partial_path
 
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.fsutil import atomic_path
+from mamba_dna.fsutil import atomic_path, guard_output, os_errors, output_lock, prepare_output
 from mamba_dna.io import hdf5
 
 
 def merge(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Join shard files into one file identical to a single-process run."""
+    guard_output(out, shards)
     infos = _check_shards(shards)
-    out = Path(out)
-    with atomic_path(out, suffix=".h5") as tmp:
+    out = prepare_output(out)
+    with output_lock(out), os_errors(out), atomic_path(out, suffix=".h5") as tmp:
         srcs = [h5py.File(p, "r") for p, _, _ in infos]
         try:
             _write_merged(tmp, srcs, [p.name for p, _, _ in infos], infos[0][1])

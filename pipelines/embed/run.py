@@ -9,7 +9,6 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from mamba_dna.pipelines.embed.config import EmbedConfig
@@ -20,10 +19,12 @@ from mamba_dna.pipelines.embed.writer import WriteQueue, partial_path, write_row
 from mamba_dna import log
 from mamba_dna.device import resolve_device
 from mamba_dna.errors import InputError
-from mamba_dna.fsutil import sha256_file
+from mamba_dna.checks import nonfinite_count
+from mamba_dna.fsutil import check_free_space, guard_output, os_errors, output_lock, prepare_output, sha256_file
 from mamba_dna.genome import Genome
 from mamba_dna.io import hdf5
 from mamba_dna.load import checkpoint_sha256, load_model
+from mamba_dna.model import layer_index
 from mamba_dna.rankshard import parse_shard, part_path
 
 
@@ -36,17 +37,22 @@ def run_embed(cfg: EmbedConfig, model=None, checkpoint_sha: str | None = None) -
     """Write the embedding file for `cfg` and return its path (a shard file with --shard)."""
     # ---- setup
     out = shard_path(Path(cfg.out), cfg.shard)
+    guard_output(out, [cfg.fasta, cfg.bed, cfg.model])
     if model is None:
         model = load_model(cfg.model, map_location=resolve_device(cfg.device))
         checkpoint_sha = checkpoint_sha256(cfg.model)
+    if cfg.layer is not None:  # a bad --layer is refused before any file is created
+        layer_index(cfg.layer, int(model.config.n_layer), f"--layer {cfg.layer}", "omitted (final norm)")
     genome = Genome(cfg.fasta)
     plan = Plan.of(cfg, genome)
-    f = _open_output(cfg, plan, out, _attrs(cfg, model, checkpoint_sha, plan))
-    if f is None:
-        return out
-    # ---- run + save
-    _embed_items(cfg, model, genome, plan, f)
-    os.replace(partial_path(out), out)
+    prepare_output(out)
+    with output_lock(out), os_errors(out):  # one writer per output; OS errors: one line
+        f = _open_output(cfg, plan, out, _attrs(cfg, model, checkpoint_sha, plan))
+        if f is None:
+            return out
+        # ---- run + save
+        _embed_items(cfg, model, genome, plan, f)
+        os.replace(partial_path(out), out)
     return out
 
 
@@ -110,9 +116,11 @@ def _open_output(cfg: EmbedConfig, plan: Plan, out: Path, attrs: dict):
     if cfg.resume and out.exists():
         log.info(f"{out} is already complete; nothing to resume")
         return None
+    check_free_space(part, hdf5.expected_bytes(plan.file_items, attrs["d_model"], cfg.dtype,
+                                               pooled=cfg.pool != "none", per_position=cfg.per_position))
     hdf5.create(part, plan.file_items, attrs, d_model=attrs["d_model"], pooled=cfg.pool != "none",
                 per_position=cfg.per_position, dtype=cfg.dtype)
-    return h5py.File(part, "r+")
+    return hdf5.open_for_write(part)
 
 
 def _embed_items(cfg: EmbedConfig, model, genome, plan: Plan, f) -> None:
@@ -159,11 +167,26 @@ def _embed_one_batch(cfg: EmbedConfig, model, genome, plan: Plan, batch: list[in
 
         def sink(b, s, e, h, is_rc):
             a = h.numpy()  # (e-s, d) view of the piece: no copy
+            _check_finite(cfg, a, str(items.id[batch[b]]))
             writer.put(lambda: write_rows(rows.dsets[file_rows[b]], s, e, a, is_rc), a.nbytes)
 
     pooled = embed_batch(model, seqs, pool=cfg.pool, layer=cfg.layer, rc_average=cfg.rc_average,
                          piece=cfg.piece, position_sink=sink, position_dtype=rows.position_dtype)
+    if pooled is not None:
+        for b, row in enumerate(pooled):  # (d,) per item
+            _check_finite(cfg, row.astype(cfg.dtype, copy=False), str(items.id[batch[b]]))  # as stored
     writer.put(lambda: rows.finish(file_rows, pooled))
+
+
+def _check_finite(cfg: EmbedConfig, a: np.ndarray, item_id: str) -> None:
+    """A NaN/Inf embedding stops the run before it is written (never flagged done); the
+    items written before it stay in the partial file, so --resume continues from there."""
+    bad = nonfinite_count(a)
+    if bad:
+        raise InputError(f"{cfg.model}: the model's embedding of item {item_id} holds {bad:,} "
+                         f"NaN/Inf value(s) of {a.size:,}; nothing of it was written",
+                         hint="the checkpoint's activations overflow (a diverged run? try "
+                              "--dtype float32 or another checkpoint)")
 
 
 class _FileRows:

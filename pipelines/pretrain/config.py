@@ -1,5 +1,15 @@
 """PretrainConfig: every option of a pretraining run (saved as RUN/config.json and read back
-by --resume), and the CLI's layering of defaults, --config JSON, --model-config and flags."""
+by --resume), and the CLI's layering of defaults, --config JSON, --model-config and flags.
+
+Architectures (`arch`) and their objective:
+    mamba        causal Mamba (MambaLM), next-nucleotide prediction (clm)
+    bimamba      bidirectional Mamba (CaduceusLM, rcps false), masked LM (mlm)
+    caduceus-ph  the same network as bimamba, always trained with reverse-complement
+                 augmentation; strand symmetry at inference by post-hoc conjoining
+                 (rc_average: the mean with the reverse-complement pass)
+    caduceus-ps  reverse-complement-equivariant BiMamba (CaduceusLM, rcps true), mlm
+A causal model cannot be trained as a masked LM (it never sees the right side) and a
+bidirectional one cannot predict the next base (it sees it): both are refused."""
 
 from __future__ import annotations
 
@@ -10,14 +20,19 @@ from pathlib import Path
 from mamba_dna.errors import ConfigError
 from mamba_dna.fsutil import read_json_object
 
+ARCHS = ("mamba", "bimamba", "caduceus-ph", "caduceus-ps")
+
 
 @dataclass
 class PretrainConfig:
     """Everything a run needs; saved as run_dir/config.json and read back by --resume."""
 
     inputs: list[str] = field(default_factory=list)  # FASTA files, or one shard directory
+    inputs_fingerprint: list[dict] = field(default_factory=list)  # set by the run (rundir.fingerprints)
     out: str = "runs/pretrain"
     model: dict = field(default_factory=lambda: {"d_model": 128, "n_layer": 2})  # MambaConfig fields
+    arch: str = "mamba"  # mamba | bimamba | caduceus-ph | caduceus-ps (see the module docstring)
+    objective: str | None = None  # clm | mlm; None = the arch's own (clm for mamba, else mlm)
     # data
     seq_len: int = 1024  # target window length (bp)
     stride: int | None = None  # window stride on FASTA input (None = seq_len)
@@ -27,7 +42,11 @@ class PretrainConfig:
     test_fraction: float = 0.1  # held out for downstream evaluation, never read here
     max_n_fraction: float = 0.1
     rc_augment: bool = True  # random strand per window
-    softmask_weight: float = 1.0  # loss weight of lowercase (soft-masked) targets
+    softmask_weight: float = 1.0  # loss weight of lowercase (soft-masked) targets (PlantCaduceus: 0.1)
+    # masked LM (objective mlm): Caduceus's masking, see mamba_dna.mlm.mask_tokens
+    mask_prob: float = 0.15  # share of A/C/G/T positions chosen as targets
+    mask_token_frac: float = 0.8  # of the chosen: replaced by MASK
+    random_token_frac: float = 0.1  # of the chosen: replaced by a random base (the rest stay)
     # sequence-length warmup: start at seq_len_start, double per stage up to seq_len
     seq_len_start: int | None = None  # None = no warmup
     seq_warmup_steps: int = 0  # steps spent below seq_len, split evenly over the stages
@@ -49,7 +68,8 @@ class PretrainConfig:
     eval_windows: int = 64
     eval_batch_size: int = 8
     markov_orders: list[int] = field(default_factory=lambda: list(range(0, 11)))
-    markov_max_bases: int = 20_000_000
+    markov_max_bases: int = 20_000_000  # training bases the baseline is fitted on (both kinds)
+    kmer2_ks: list[int] | None = None  # mlm: two-sided k-mer k tried (None = kmer2_auto_ks(bases))
     # bookkeeping
     log_every: int = 10
     checkpoint_every: int = 100
@@ -75,7 +95,26 @@ class PretrainConfig:
              f"val/test fractions {self.val_fraction}/{self.test_fraction}: expected 0 < val, val + test < 1")
         need(self.precision in ("auto", "fp32", "bf16"), f"--precision {self.precision!r}: expected auto, fp32 or bf16")
         need(self.softmask_weight >= 0, f"--softmask-weight {self.softmask_weight}: expected >= 0")
+        need(self.arch in ARCHS, f"--arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
+        need(self.objective in (None, "clm", "mlm"), f"--objective {self.objective!r}: expected clm or mlm")
+        need(not (self.arch == "mamba" and self.objective == "mlm"),
+             "--objective mlm needs a bidirectional --arch (bimamba, caduceus-ph, caduceus-ps): a causal "
+             "mamba never sees the right side of a masked base", "drop --objective or pick such an --arch")
+        need(not (self.arch != "mamba" and self.objective == "clm"),
+             f"--objective clm with --arch {self.arch}: a bidirectional model sees the base it would "
+             "predict, so next-base training is meaningless", "drop --objective (mlm) or use --arch mamba")
+        need(not (self.arch == "caduceus-ph" and not self.rc_augment),
+             "--arch caduceus-ph is BiMamba trained with reverse-complement augmentation; --no-rc "
+             "contradicts it", "use --arch bimamba for no augmentation")
+        need(0 < self.mask_prob <= 1 and 0 <= self.mask_token_frac and 0 <= self.random_token_frac
+             and self.mask_token_frac + self.random_token_frac <= 1,
+             f"masking {self.mask_prob}/{self.mask_token_frac}/{self.random_token_frac}: expected "
+             "0 < mask_prob <= 1 and mask_token_frac + random_token_frac <= 1")
+        need(self.kmer2_ks is None or (bool(self.kmer2_ks) and all(0 <= int(k) <= 8 for k in self.kmer2_ks)),
+             f"kmer2_ks {self.kmer2_ks}: expected a non-empty list of k in 0..8")
         need(self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "lr must be > 0 and min_lr_ratio in [0, 1]")
+        need(self.warmup_steps >= 0 and self.seq_warmup_steps >= 0,
+             f"--warmup-steps {self.warmup_steps} / --seq-warmup-steps {self.seq_warmup_steps}: expected >= 0")
         need(self.max_bad_steps >= 1 and self.keep_last >= 1, "max_bad_steps and keep_last must be >= 1")
         for name in ("eval_every", "log_every", "checkpoint_every"):
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: expected >= 1")
@@ -84,6 +123,15 @@ class PretrainConfig:
              "seq_warmup_steps > 0 needs --seq-len-start below --seq-len")
         need(self.seq_warmup_steps < self.steps or len(lengths) == 1,
              f"seq_warmup_steps {self.seq_warmup_steps} must be below --steps {self.steps}")
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.arch != "mamba"
+
+    @property
+    def resolved_objective(self) -> str:
+        """objective, or the arch's own when None."""
+        return self.objective or ("mlm" if self.bidirectional else "clm")
 
     # -- schedules
 
@@ -168,5 +216,13 @@ def config_from_cli(
         base["inputs"] = [str(x) for x in inputs]
     elif not base["inputs"] and (Path(out) / "config.json").is_file():
         base["inputs"] = read_json_object(Path(out) / "config.json", "").get("inputs") or []
+    if (Path(out) / "config.json").is_file():
+        # an existing run lends its architecture and objective when they are not given, so a
+        # plain --resume of a caduceus run validates (a given one is reported as changed)
+        saved = read_json_object(Path(out) / "config.json", "")
+        if overrides.get("arch") is None and "arch" in saved:
+            base["arch"] = saved["arch"]
+            if overrides.get("objective") is None and "objective" in saved:
+                base["objective"] = saved["objective"]
     base["out"] = str(out)
     return PretrainConfig.from_dict(base, where=config or "options")

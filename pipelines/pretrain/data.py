@@ -124,6 +124,70 @@ def strand_flips(step: int, n: int, seed: int, rc: bool) -> np.ndarray:
     return np.random.default_rng([seed, 0x5C, step]).integers(0, 2, size=n).astype(bool)
 
 
+def mask_generator(seed: int, stream: int, n: int, slot: int) -> torch.Generator:
+    """The CPU generator that masks window `slot` of step `n` (stream MASK_TRAIN) or validation
+    window `n` (stream MASK_VAL): a function of (seed, stream, n, slot) only, like the strands,
+    so masks survive resume and a change of world size, and every evaluation masks the same
+    validation positions."""
+    st = np.random.SeedSequence([seed, 0x4D4C4D, stream, n, slot]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(st))
+
+
+MASK_TRAIN, MASK_VAL = 0, 1
+
+
+def mask_windows(tok: torch.Tensor, sm: torch.Tensor, gens: list[torch.Generator], cfg: PretrainConfig,
+                 all_mask: bool = False):
+    """Caduceus masking of each window (row) with its own generator -> mamba_dna.mlm.MaskedBatch
+    of the stacked rows. tok (b, L) int64, sm (b, L) bool.
+
+    all_mask (validation): every chosen position becomes MASK. The 10% kept / 10% random of
+    training would show the model the answer at ~1 in 8 targets, which the two-sided k-mer
+    model (it never reads the scored token) cannot use, and which a variant score never
+    offers; the same positions are chosen either way (the draws do not depend on the split)."""
+    from mamba_dna.mlm import MaskedBatch, mask_tokens
+
+    fracs = (1.0, 0.0) if all_mask else (cfg.mask_token_frac, cfg.random_token_frac)
+    parts = [mask_tokens(tok[i : i + 1], g, sm[i : i + 1], mask_prob=cfg.mask_prob,
+                         mask_token_frac=fracs[0], random_token_frac=fracs[1],
+                         softmask_weight=cfg.softmask_weight) for i, g in enumerate(gens)]
+    return MaskedBatch(torch.cat([p.input_ids for p in parts]), torch.cat([p.targets for p in parts]),
+                       torch.cat([p.weights for p in parts]))  # each (b, L)
+
+
+def _windows(data: WindowData, idx, flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows `idx` as (tokens (b, L) int64, softmask (b, L) bool), flipped ones reverse-complemented."""
+    tok, sm = data.get(idx)  # (b, L) uint8, (b, L) bool
+    tok = torch.from_numpy(np.ascontiguousarray(tok)).long()  # (b, L)
+    sm = torch.from_numpy(np.ascontiguousarray(sm)) if sm is not None else torch.zeros_like(tok, dtype=torch.bool)
+    if flips.any():
+        from mamba_dna.tokenizer import reverse_complement
+
+        f = torch.from_numpy(flips)
+        tok[f] = reverse_complement(tok[f])
+        sm[f] = sm[f].flip(-1)
+    return tok, sm
+
+
+def make_mlm_batch(
+    data: WindowData, idx: list[int], slots: list[int], flips: np.ndarray, length: int, step: int,
+    device: torch.device, cfg: PretrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked-LM batch: (inputs, targets, weights), each (rows, length).
+
+    Each window (after its strand flip) is masked whole with the generator of (seed, step, its
+    slot in the global batch), then cut into seq_len / length rows like make_batch. Targets are
+    the original base at the chosen positions and mlm.IGNORE elsewhere; weights 1 there
+    (softmask_weight for lower-case bases), 0 elsewhere, so a weighted cross-entropy is
+    mamba_dna.mlm.mlm_loss's numerator.
+    """
+    tok, sm = _windows(data, idx, flips)  # (b, L)
+    mb = mask_windows(tok, sm, [mask_generator(cfg.seed, MASK_TRAIN, step, s) for s in slots], cfg)
+    b, L = tok.shape
+    rows = b * (L // length)
+    return tuple(x.reshape(rows, length).to(device) for x in (mb.input_ids, mb.targets, mb.weights))
+
+
 def make_batch(
     data: WindowData, idx: list[int], flips: np.ndarray, length: int, device: torch.device,
     softmask_weight: float,
@@ -134,15 +198,7 @@ def make_batch(
     tokens per step constant). Targets that are not A/C/G/T (N, padding) get weight 0;
     soft-masked targets get `softmask_weight`.
     """
-    tok, sm = data.get(idx)  # (b, L) uint8, (b, L) bool
-    tok = torch.from_numpy(np.ascontiguousarray(tok)).long()  # (b, L)
-    sm = torch.from_numpy(np.ascontiguousarray(sm)) if sm is not None else torch.zeros_like(tok, dtype=torch.bool)
-    if flips.any():
-        from mamba_dna.tokenizer import reverse_complement
-
-        f = torch.from_numpy(flips)
-        tok[f] = reverse_complement(tok[f])
-        sm[f] = sm[f].flip(-1)
+    tok, sm = _windows(data, idx, flips)  # (b, L) int64, (b, L) bool
     b, L = tok.shape
     tok = tok.reshape(b * (L // length), length)  # (rows, length)
     sm = sm.reshape(b * (L // length), length)

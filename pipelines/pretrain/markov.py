@@ -65,3 +65,31 @@ def markov_baseline(cfg: PretrainConfig, train: WindowData, val: WindowData, idx
         "val_bases": int(count),
         "fit_s": round(time.time() - t0, 2),
     }
+
+
+def kmer2_baseline(cfg: PretrainConfig, train: WindowData, val: WindowData, idx: list[int]) -> dict:
+    """The bar of a masked model: the two-sided k-mer model P(base | k left, k right), fitted on
+    the training windows (both strands), k and smoothing chosen on the masked validation
+    batches, scored at exactly the positions the network's validation masks (other masked
+    positions in a context are marginalised, as the network cannot see them either)."""
+    from mamba_dna.baselines import best_kmer2, kmer2_auto_ks
+
+    from .evaluate import val_masked_batches
+
+    n_train = max(1, min(len(train), cfg.markov_max_bases // max(train.length, 1)))
+    sel = np.linspace(0, len(train) - 1, n_train).round().astype(np.int64) if n_train < len(train) else np.arange(len(train))
+    batches = list(val_masked_batches(cfg, val, idx, 64))
+    t0 = time.time()
+    ks = cfg.kmer2_ks if cfg.kmer2_ks is not None else list(kmer2_auto_ks(int(len(sel) * train.length)))
+    best, table = best_kmer2(_training_text(train, sel), batches, ks)
+    return {
+        "name": best.name,
+        "kind": "kmer2",
+        "k": best.k,
+        "alpha": best.alpha,
+        "masked_bits_per_base": table[best.k],
+        "val_bits_by_k": {str(k): v for k, v in table.items()},
+        "train_bases": int(len(sel) * train.length),
+        "val_targets": int(sum(b.n_targets for b in batches)),
+        "fit_s": round(time.time() - t0, 2),
+    }

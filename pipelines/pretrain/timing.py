@@ -27,10 +27,16 @@ def calibrate(cfg: PretrainConfig, device: torch.device) -> dict:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     x = torch.randint(BASE_LO, BASE_HI + 1, (cfg.batch_size, cfg.seq_len), device=device)  # (B, L)
 
+    mlm = cfg.resolved_objective == "mlm"
+
     def step() -> float:
         t = time.perf_counter()
-        logits, _ = model(x[:, :-1])  # (B, L-1, vocab)
-        F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+        if mlm:  # the masked LM reads the whole window; the loss's cost is the same
+            logits = model(x)  # (B, L, vocab)
+            F.cross_entropy(logits.float().flatten(0, 1), x.flatten()).backward()
+        else:
+            logits, _ = model(x[:, :-1])  # (B, L-1, vocab)
+            F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -43,6 +49,6 @@ def calibrate(cfg: PretrainConfig, device: torch.device) -> dict:
     t = time.perf_counter()
     with torch.no_grad():
         model.eval()
-        model.log_probs(x[:n_eval])
+        model.masked_log_probs(x[:n_eval]) if mlm else model.log_probs(x[:n_eval])
     per_eval = (time.perf_counter() - t) * cfg.eval_windows / n_eval
     return {"first_step_s": first, "step_s": per_step, "eval_s": per_eval}

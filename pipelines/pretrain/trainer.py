@@ -1,8 +1,8 @@
 """The pretraining recipe as a class: `Pretrainer(cfg).run()` = setup() -> train() -> save().
 
-Determinism: the global batch of step s (which windows, which strand) is a function of
-(seed, s) only, every rank takes its slice of it, and the loss is normalised by the global
-count of scored bases. So 1 process or N processes with the same global batch follow the
+Determinism: the global batch of step s (which windows, which strand, and for mlm which
+positions are masked and how) is a function of (seed, s) only, every rank takes its slice
+of it, and the loss is normalised by the global count of scored bases. So 1 process or N processes with the same global batch follow the
 same trajectory (to fp32 reduction order), and a checkpoint written with N ranks resumes
 on M ranks.
 """
@@ -25,12 +25,13 @@ from mamba_dna import distributed as mdist
 from mamba_dna import log
 from mamba_dna import training as tr
 from mamba_dna.errors import ConfigError, MambaDNAError
-from mamba_dna.fsutil import atomic_dir, write_json
+from mamba_dna.fsutil import atomic_dir, output_lock, write_json
 
 from .config import PretrainConfig
-from .data import eval_indices, load_data, make_batch, strand_flips
+from .data import eval_indices, load_data, make_batch, make_mlm_batch, strand_flips
 from .evaluate import evaluate as windows_nll
-from .markov import LN2, markov_baseline
+from .evaluate import evaluate_masked
+from .markov import LN2, kmer2_baseline, markov_baseline
 from .report import plot_curves
 from .rundir import (
     CKPT_DIR,
@@ -46,11 +47,23 @@ from .rundir import (
 
 
 def build_model(cfg: PretrainConfig):
+    """MambaLM for --arch mamba; CaduceusLM (bidirectional; rcps for caduceus-ps) otherwise."""
     from mamba_dna.model import MambaConfig, MambaLM
 
     mdict = dict(cfg.model)
     mdict["gradient_checkpointing"] = bool(cfg.grad_checkpointing)
-    return MambaLM(MambaConfig.from_dict(mdict, where="pretrain model config"))
+    if not cfg.bidirectional:
+        return MambaLM(MambaConfig.from_dict(mdict, where="pretrain model config"))
+    from mamba_dna.caduceus import CaduceusLM, ModelConfig
+
+    # bimamba and caduceus-ph are one network (Ph = RC augmentation + post-hoc conjoining)
+    mdict.update(bidirectional=True, rcps=cfg.arch == "caduceus-ps")
+    return CaduceusLM(ModelConfig.from_dict(mdict, where="pretrain model config"))
+
+
+def _logits(out) -> torch.Tensor:
+    """MambaLM returns (logits, state), CaduceusLM the logits."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 @dataclass
@@ -63,12 +76,15 @@ class PretrainResult:
     tokens: int
     skipped_steps: int
     world_size: int
-    best_val_bits_per_base: float | None
-    markov: dict | None  # the Markov baseline (baseline.json)
+    best_val_bits_per_base: float | None  # clm: bits/base; mlm: masked bits/base
+    markov: dict | None  # clm: the Markov baseline (baseline.json)
     stopped_by: str | None  # None: finished; else the signal or "--stop-at N"
     final_val_bits_per_base: float | None = None
     train_tokens_per_s: float | None = None
     parameters: int | None = None
+    arch: str = "mamba"
+    objective: str = "clm"
+    kmer2: dict | None = None  # mlm: the two-sided k-mer baseline (baseline.json)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +101,10 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, *, resume: bool = False, stop_at: int | None = None,
                  stop: mdist.StopFlag | None = None,
                  on_step: Callable[[int, dict], None] | None = None):
+        if stop_at is not None and stop_at < 1:
+            raise ConfigError(f"--stop-at {stop_at}: expected a step >= 1")
         self.cfg, self.resume, self.stop_at, self.on_step = cfg, resume, stop_at, on_step
+        self._lock = contextlib.ExitStack()  # rank 0 holds the run directory's lock
         self._own_stop = stop is None
         self.stop = stop or mdist.StopFlag()
         self.step, self.tokens, self.best_val = 0, 0, float("inf")
@@ -101,6 +120,7 @@ class Pretrainer:
             self.train()
             return self.save()
         finally:
+            self._lock.close()
             if self._own_stop:
                 self.stop.restore()
             mdist.teardown()
@@ -131,7 +151,8 @@ class Pretrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: cfg.lr_factor(s))
         if resuming:
             self._load_last_checkpoint()
-        self.baseline = self._markov_baseline()
+        self.mlm = cfg.resolved_objective == "mlm"
+        self.baseline = self._baseline()
         self.n_params = sum(p.numel() for p in self.model.parameters())
         if self.main and not resuming:
             log.info(f"pretrain: {self.n_params:,} parameters, {len(self.train_data):,} train / "
@@ -144,6 +165,8 @@ class Pretrainer:
         prepared: tuple = (None, None, None)
         if self.main:
             try:
+                # one process per run directory: a second gets "in use by pid N"
+                self._lock.enter_context(output_lock(self.cfg.out))
                 prepared = (*prepare_run(self.cfg, self.resume), None)
             except MambaDNAError as e:
                 prepared = (None, None, e)
@@ -200,12 +223,20 @@ class Pretrainer:
             log.info(f"resumed {self.run_dir} from {ck_path.name} (step {self.step}/{cfg.steps}, world "
                      f"size {ck.get('world_size', '?')} -> {self.world})")
 
-    def _markov_baseline(self) -> dict | None:
-        """The Markov bar on the same validation windows (rank 0 fits it once per run)."""
+    def _baseline(self) -> dict | None:
+        """The bar on the same validation windows (rank 0 fits it once per run): clm the best
+        Markov model, mlm the two-sided k-mer model at the same masked positions."""
         cfg, path, baseline = self.cfg, self.run_dir / "baseline.json", None
         if self.main:
             if path.exists():
                 baseline = json.loads(path.read_text())
+            elif self.eval_idx and self.mlm:
+                log.info("fitting the two-sided k-mer baseline (k and smoothing chosen on the masked "
+                         "validation positions)")
+                baseline = kmer2_baseline(cfg, self.train_data, self.val_data, self.eval_idx)
+                write_json(path, baseline)
+                log.info(f"baseline: {baseline['name']} {baseline['masked_bits_per_base']:.4f} masked "
+                         f"bits/base on {baseline['val_targets']:,} masked validation bases")
             elif self.eval_idx:
                 log.info(f"fitting the Markov baseline (orders {cfg.markov_orders[0]}..{cfg.markov_orders[-1]}, "
                          "order chosen on validation)")
@@ -252,8 +283,13 @@ class Pretrainer:
         cfg, rank = self.cfg, self.denv.rank
         flips = strand_flips(self.step, len(idx), cfg.seed, cfg.rc_augment)  # (batch_size,)
         mine = slice(rank * self.per_rank, (rank + 1) * self.per_rank)
-        inp, tgt, w = make_batch(self.train_data, idx[mine], flips[mine], L, self.device, cfg.softmask_weight)
-        # inp, tgt, w: (rows, L-1); rows = per_rank * seq_len / L
+        if self.mlm:  # masks drawn per (seed, step, slot in the global batch)
+            slots = list(range(len(idx)))[mine]
+            inp, tgt, w = make_mlm_batch(self.train_data, idx[mine], slots, flips[mine], L, self.step,
+                                         self.device, cfg)  # (rows, L) each
+        else:
+            inp, tgt, w = make_batch(self.train_data, idx[mine], flips[mine], L, self.device, cfg.softmask_weight)
+            # inp, tgt, w: (rows, L-1); rows = per_rank * seq_len / L
         loss, scored = self._backward(inp, tgt, w)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
@@ -269,7 +305,11 @@ class Pretrainer:
 
     def _backward(self, inp, tgt, w) -> tuple[float, float]:
         """Gradients of sum(weight * CE) / (scored bases over all ranks), in grad_accum
-        micro-batches. Returns (that loss, scored bases over all ranks)."""
+        micro-batches. Returns (that loss, scored bases over all ranks).
+
+        clm: targets are the next bases. mlm: targets are mlm.IGNORE (-100, cross_entropy's
+        ignore_index, weight 0) except at the chosen positions, so the loss is mlm.mlm_loss
+        (full-vocabulary CE, weighted mean over the chosen positions) over the global batch."""
         cfg = self.cfg
         scored = mdist.all_reduce_sum(w.sum().double().reshape(1)).item()
         micro = inp.shape[0] // cfg.grad_accum
@@ -279,7 +319,7 @@ class Pretrainer:
             defer_sync = self.denv.distributed and i < cfg.grad_accum - 1
             with self.ddp_model.no_sync() if defer_sync else contextlib.nullcontext():
                 with self.autocast():
-                    logits, _ = self.ddp_model(inp[part])  # (micro, L-1, vocab)
+                    logits = _logits(self.ddp_model(inp[part]))  # (micro, L-1 | L, vocab)
                 ce = F.cross_entropy(logits.float().flatten(0, 1), tgt[part].flatten(), reduction="none")
                 nats = (ce * w[part].flatten()).sum()  # weighted
                 # DDP averages gradients over ranks: scale so the result is sum / scored.
@@ -352,14 +392,22 @@ class Pretrainer:
             self.save_checkpoint()
         return True
 
+    def _validate(self, idx: list[int]) -> tuple[float, float]:
+        """(sum, count) over validation windows `idx`: clm nats of every next base; mlm masked
+        bits at the fixed masked positions."""
+        cfg = self.cfg
+        if self.mlm:
+            return evaluate_masked(self.model, cfg, self.val_data, idx, cfg.eval_batch_size, self.device,
+                                   self.autocast)
+        return windows_nll(self.model, self.val_data, idx, cfg.eval_batch_size, self.device, self.autocast)
+
     def evaluate(self) -> dict | None:
         """Validation bits per base on this run's evaluation windows (all ranks together)."""
         if not self.eval_idx:
             return None
         t0 = time.time()
-        nll, cnt = windows_nll(self.model, self.val_data, self.my_eval, self.cfg.eval_batch_size,
-                               self.device, self.autocast)
-        red = mdist.all_reduce_sum(torch.tensor([nll, cnt], dtype=torch.float64, device=self.device))
+        total, cnt = self._validate(self.my_eval)
+        red = mdist.all_reduce_sum(torch.tensor([total, cnt], dtype=torch.float64, device=self.device))
         row = self._val_row(float(red[0]), float(red[1]))
         row["eval_s"] = round(time.time() - t0, 2)
         improved = row["loss"] < self.best_val
@@ -367,13 +415,25 @@ class Pretrainer:
         if self.main:
             append_metrics(self.run_dir, row)
             b = self.baseline
-            mk = f" (best Markov order {b['order']}: {b['bits_per_base']:.4f})" if b else ""
-            log.info(f"step {self.step}: validation {row['bits_per_base']:.4f} bits/base{mk}")
+            if self.mlm:
+                mk = f" (two-sided k-mer k={b['k']}: {b['masked_bits_per_base']:.4f})" if b else ""
+                log.info(f"step {self.step}: validation {row['bits_per_base']:.4f} masked bits/base{mk}")
+            else:
+                mk = f" (best Markov order {b['order']}: {b['bits_per_base']:.4f})" if b else ""
+                log.info(f"step {self.step}: validation {row['bits_per_base']:.4f} bits/base{mk}")
         row["improved"] = improved
         return row
 
-    def _val_row(self, nll: float, count: float) -> dict:
-        loss, b = nll / max(count, 1), self.baseline
+    def _val_row(self, total: float, count: float) -> dict:
+        b = self.baseline
+        if self.mlm:  # total: masked bits; loss kept in nats like the clm rows
+            bits = total / max(count, 1)
+            return {"step": self.step, "split": "val", "tokens": self.tokens, "objective": "mlm",
+                    "loss": bits * LN2, "bits_per_base": bits, "masked_bits_per_base": bits,
+                    "masked_targets": int(count),
+                    "kmer2_bits_per_base": b["masked_bits_per_base"] if b else None,
+                    "kmer2_k": b["k"] if b else None}
+        loss = total / max(count, 1)
         return {"step": self.step, "split": "val", "tokens": self.tokens, "loss": loss,
                 "bits_per_base": loss / LN2, "val_bases": int(count),
                 "markov_bits_per_base": b["bits_per_base"] if b else None,
@@ -417,7 +477,9 @@ class Pretrainer:
             run_dir=str(run), step=self.step, steps=cfg.steps, tokens=self.tokens,
             skipped_steps=self.skipped, world_size=self.world,
             best_val_bits_per_base=self.best_val / LN2 if math.isfinite(self.best_val) else None,
-            markov=self.baseline, stopped_by=self.stopped_by, parameters=self.n_params)
+            markov=None if self.mlm else self.baseline, stopped_by=self.stopped_by,
+            parameters=self.n_params, arch=cfg.arch, objective=cfg.resolved_objective,
+            kmer2=self.baseline if self.mlm else None)
         if self.stopped_by is not None:
             if self.main:
                 log.info(f"stopped by {self.stopped_by} after step {self.step}/{cfg.steps}; checkpoint "
@@ -441,7 +503,8 @@ class Pretrainer:
         return result
 
     def export(self) -> Path:
-        """RUN/model (MambaLM.save_pretrained) from the weights in memory; returns its path.
+        """RUN/model (save_pretrained: MambaLM, or CaduceusLM for a bidirectional arch) from the
+        weights in memory; returns its path.
 
         A run stopped before cfg.steps is validated once first (a val row marked
         `stopped_early`, curves redrawn), so the exported model has a final figure. Call it on
@@ -450,9 +513,8 @@ class Pretrainer:
         run = self.run_dir
         if self.step < self.cfg.steps:
             log.info(f"exporting the weights of step {self.step} of {self.cfg.steps} and validating them")
-            nll, cnt = windows_nll(self.model, self.val_data, self.eval_idx, self.cfg.eval_batch_size,
-                                   self.device, self.autocast)
-            append_metrics(run, {**self._val_row(nll, cnt), "stopped_early": True})
+            total, cnt = self._validate(self.eval_idx)
+            append_metrics(run, {**self._val_row(total, cnt), "stopped_early": True})
             plot_curves(run, self.baseline)
         with atomic_dir(run / "model") as tmp:
             self.model.save_pretrained(tmp)

@@ -84,7 +84,7 @@ EMB  (`--scores emb`, network models) the REF window (the contig, variant at (C 
      and mean-pooled over the whole window: EMB_COS = 1 - cos, EMB_L2 as above. It is the
      only score of indels and MNVs; without it they get status `not_snv_masked_model`.
 DLL is refused (it reads a haplotype left to right: a causal model's score). A score that
-comes out NaN/inf is status `non_finite` (counted), never `ok`. `--context` longer than the
+comes out NaN/inf is status `nonfinite` (counted), never `ok`. `--context` longer than the
 window the model was trained on (a pretrain run's seq_len, a hub name's `seqlen-131k`,
 PlantCaduceus 512) is a warning, not an error: the models are recurrent. `--window`,
 `--block` and `--chunk` do not apply.

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mamba_dna.checks import NONFINITE
 from mamba_dna.mlm import PLANTCADUCEUS_CONTEXT, mlm_llr, unmasked_llr, window_centre, windows_at
 from mamba_dna.scorer import call_tokens, device_of
 
 NOT_SNV = "not_snv_masked_model"  # an indel / MNV with a masked model and no --scores emb
-NON_FINITE = "non_finite"  # the model gave NaN / inf for a score that was asked for
+NON_FINITE = NONFINITE  # the model gave NaN / inf for a score that was asked for
 COLUMNS = ("mlm_llr", "llr", "emb_cos", "emb_l2")
 
 

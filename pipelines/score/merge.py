@@ -11,7 +11,8 @@ from mamba_dna.pipelines.score.config import DISTANCE_COLUMNS, out_kind
 from mamba_dna.pipelines.score.formats import PROVENANCE_META
 
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.io.vcf import TsvWriter, VcfReader, VcfWriter, read_tsv
+from mamba_dna.fsutil import guard_output, os_errors, output_lock, prepare_output
+from mamba_dna.io.vcf import RECORDS_META, TSV_ROWS, TsvWriter, VcfReader, VcfWriter, read_tsv
 
 SHARD_RE = re.compile(r"shard=(\d+)/(\d+)")  # in the provenance line (formats.provenance)
 
@@ -23,11 +24,18 @@ def merge_outputs(parts: Sequence[str], out: str) -> int:
     kind = out_kind(parts[0])
     if any(out_kind(p) != kind for p in parts) or out_kind(out) != kind:
         raise ConfigError("score merge: shards and output must all be TSV or all VCF")
+    guard_output(out, parts)
     shards = sorted((_read_shard(p, kind) for p in parts), key=lambda s: s["i"])
     ns = {s["n"] for s in shards}
     got = [s["i"] for s in shards]
     if len(ns) != 1 or got != list(range(next(iter(ns)))):
         raise InputError(f"score merge: expected shards 0..n-1 of one run, got {got} of n={sorted(ns)}")
+    prepare_output(out)
+    with output_lock(out), os_errors(out):
+        return _write_merged(shards, kind, out)
+
+
+def _write_merged(shards: list[dict], kind: str, out: str) -> int:
     first = shards[0]
     merged_prov = SHARD_RE.sub(f"shard=0/1 merged_from={len(shards)}", first["prov"])
     written = 0
@@ -55,16 +63,35 @@ def merge_outputs(parts: Sequence[str], out: str) -> int:
 def _read_shard(path: str, kind: str) -> dict:
     """One shard output: its provenance, shard i/n, rows (TSV: header too; VCF: meta, columns)."""
     if kind == "tsv":
-        prov, header, rows = read_tsv(path)
+        prov, header, rows, declared = read_tsv(path, end=True)
         d = {"prov": prov, "header": header, "rows": rows}
     else:
         rd = VcfReader(path)
         prov = next((m for m in rd.meta if m.startswith(PROVENANCE_META)), "")
         d = {"prov": prov, "rows": list(rd), "meta": rd.meta, "columns": rd.columns}
+        count = next((m[len(RECORDS_META):] for m in rd.meta if m.startswith(RECORDS_META)), None)
+        declared = int(count) if count is not None and count.isdigit() else None
     mm = SHARD_RE.search(prov)
     if not mm:
         raise InputError(f"{path}: not a mamba-dna score output (no shard=i/n provenance line)")
+    _check_complete(path, kind, len(d["rows"]), declared)
     return {**d, "path": path, "i": int(mm.group(1)), "n": int(mm.group(2))}
+
+
+def _check_complete(path: str, kind: str, got: int, declared: int | None) -> None:
+    """Refuse a shard that holds fewer (or more) rows than its writer wrote."""
+    what = "records" if kind == "vcf" else "rows"
+    if declared is None or (declared == 0 and got):
+        mark = f"its {RECORDS_META if kind == 'vcf' else TSV_ROWS}N header line"
+        raise InputError(f"{path}: no record of how many {what} it holds ({mark} is missing or "
+                         f"unset; {got:,} {what} read): cut off, or not finished",
+                         hint="run that shard again")
+    if got < declared:
+        raise InputError(f"{path}: cut off: holds {got:,} of the {declared:,} {what} its writer wrote "
+                         f"({declared - got:,} missing)", hint="run that shard again")
+    if got > declared:
+        raise InputError(f"{path}: holds {got:,} {what} but its writer wrote {declared:,} (edited or "
+                         "appended to?)", hint="run that shard again")
 
 
 def read_scored(path: str) -> list[dict]:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mamba_dna import log
+from mamba_dna.checks import NONFINITE
 from mamba_dna.errors import InputError
+from mamba_dna.genome import parse_region
 from mamba_dna.io.vcf import VcfRecord, alt_skip_reason, count_records
-from mamba_dna.pipelines.score.config import SCORE_COLUMNS, ScoreConfig, parse_region
+from mamba_dna.pipelines.score.config import SCORE_COLUMNS, ScoreConfig
 from mamba_dna.pipelines.score.fastpath import score_contig
 from mamba_dna.pipelines.score.masked import score_contig_masked
 from mamba_dna.pipelines.score.scorers import is_masked, masked_strands
@@ -55,7 +57,7 @@ class Selection:
             total = count_records(cfg.vcf)
             sel.lo, sel.hi = total * shard_i // shard_n, total * (shard_i + 1) // shard_n
             log.info(f"shard {shard_i}/{shard_n}: records {sel.lo:,}..{sel.hi:,} of {total:,}")
-        region = parse_region(cfg.region)
+        region = parse_region(cfg.region, [*resolve.genome.names, *resolve.aliases])  # MT:100 is malformed
         if region is not None:
             rname = resolve(region[0])
             if rname is None:
@@ -130,8 +132,13 @@ def score_records(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fast
                       want_dll="dll" in cfg.scores, want_emb="emb" in cfg.scores,
                       emb_layer=cfg.emb_layer, window=cfg.window, snapshot_every=cfg.snapshot_every,
                       chunk=cfg.chunk, batch_size=cfg.batch_size, context=cfg.context)
+    bad = _nonfinite(cfg, sc, refs, alts, int(x.size))  # (n,) a NaN/Inf where a score is defined
     for k, (gi, ai) in enumerate(where):
         r = results[gi][ai]
+        if bad[k]:  # never "ok": counted as skipped, no value written
+            r["status"] = NONFINITE
+            result.skipped[NONFINITE] += 1
+            continue
         for c in blank:
             if c not in sc:  # mlm_llr: masked models only
                 continue
@@ -162,6 +169,23 @@ def _masked(cfg, scorer, x, starts, refs, alts, where, results, result) -> None:
             r["status"] = "edge"
             result.edge += 1
         result.scored += 1
+
+
+def _nonfinite(cfg: ScoreConfig, sc: dict, refs, alts, L: int) -> np.ndarray:
+    """bool (n,): variants whose asked-for scores hold +-Inf, or NaN where the score is
+    defined (LLR: SNVs of a contig longer than 1 base; DLL and EMB: every variant), i.e. the model's output was not
+    finite."""
+    n = len(refs)
+    snv = np.array([L > 1 and r.size == 1 and a.size == 1 for r, a in zip(refs, alts, strict=True)], bool)
+    bad = np.zeros(n, bool)
+    for name, cols in SCORE_COLUMNS.items():
+        if name not in cfg.scores:
+            continue
+        for c in cols:
+            v = np.asarray(sc[c], np.float64)  # (n,)
+            defined = snv if c == "llr" else np.ones(n, bool)
+            bad |= np.isinf(v) | (np.isnan(v) & defined)
+    return bad
 
 
 def _scorable(cfg, genome, x, group, fasta_name, results, result):

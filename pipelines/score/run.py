@@ -4,13 +4,21 @@ contig, one streaming pass per strand) -> save (VCF/TSV rows in input order, ato
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 
 from mamba_dna import log
 from mamba_dna.errors import ConfigError, InputError
+from mamba_dna.fsutil import guard_output, os_errors, output_lock, prepare_output
 from mamba_dna.genome import Genome
-from mamba_dna.io.vcf import ContigResolver, VcfReader, parse_aliases
+from mamba_dna.io.vcf import (
+    ContigResolver,
+    VcfReader,
+    check_contig_lengths,
+    check_info_keys,
+    parse_aliases,
+)
 from mamba_dna.mlm import PLANTCADUCEUS_CONTEXT
 from mamba_dna.pipelines.score.config import ScoreConfig, resolve_scores
 from mamba_dna.pipelines.score.formats import ScoredWriter
@@ -24,7 +32,8 @@ def run(cfg: ScoreConfig, scorer=None, progress: bool = True) -> ScoreResult:
     """Score every ALT of `cfg.vcf`; write `cfg.out`; return the counts (also logged)."""
     t0 = time.time()
     # ---- setup
-    genome = Genome(cfg.fasta, invalid="N")
+    guard_output(cfg.out, [cfg.vcf, cfg.fasta, cfg.model, cfg.chrom_alias])
+    genome = Genome(cfg.fasta)  # invalid bytes: refused with record and offset, as by tokenize
     resolve = ContigResolver(genome, parse_aliases(cfg.chrom_alias))
     scorer = scorer if scorer is not None else load_scorer(cfg.model, genome, cfg.device)
     masked = is_masked(scorer)
@@ -34,10 +43,16 @@ def run(cfg: ScoreConfig, scorer=None, progress: bool = True) -> ScoreResult:
     elif "emb" in cfg.scores:
         HiddenTap(scorer, cfg.emb_layer)  # a clear error now (Markov scorer, bad layer), not mid-run
     reader = VcfReader(cfg.vcf)
+    check_contig_lengths(reader, resolve, strict=cfg.strict)
+    check_info_keys(reader, cfg.tsv_info)
     selection = Selection.of(cfg, resolve)
+    to_file = cfg.out != "-"
+    if to_file:
+        prepare_output(cfg.out)
     result, unknown = ScoreResult(), set()
     # ---- run + save: consecutive records of a contig form a group, scored in one pass per strand
-    with ScoredWriter(cfg, reader, scorer) as out, \
+    with output_lock(cfg.out) if to_file else nullcontext(), os_errors(cfg.out), \
+            ScoredWriter(cfg, reader, scorer) as out, \
             log.progress("scoring", unit="records", enabled=progress) as bar:
         for group, fasta_name in contig_groups(cfg, reader, resolve, selection, unknown):
             for rec, per_alt in zip(group, score_records(cfg, scorer, genome, group, fasta_name, result),

@@ -236,3 +236,54 @@ def test_options_are_checked(tmp_path):
     with pytest.raises(Exception, match="not a demo output"):
         D.run_demo(D.DemoConfig(out=str(tmp_path / "x"), data=str(data), quick=True))
     assert (tmp_path / "x" / "keep.txt").read_text() == "user file"
+
+
+def test_quick_bidirectional_stage_beside_the_causal_one(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "demo"
+    res = D.run_demo(D.DemoConfig(out=str(out), data=str(data), quick=True, device="cpu"))
+    pm = res["pretrain_mlm"]
+    assert pm["arch"] == "caduceus-ps" and pm["objective"] == "mlm" and pm["steps"] == D.QUICK.steps
+    text = (out / "report.md").read_text()
+    mlm = text.split("### Masked language model (bidirectional)", 1)[1].split("\n## ", 1)[0]
+    final = floats_in_row(mlm, "Caduceus-PS, final")[0]
+    kmer2 = floats_in_row(mlm, "two-sided k-mer")[-1]
+    assert final == pytest.approx(res["headline"]["mlm_val_masked_bits_per_base"], abs=1e-4)
+    assert kmer2 == pytest.approx(res["headline"]["kmer2_val_masked_bits_per_base"], abs=1e-4)
+    assert 0.5 < final < 4 and 0.5 < kmer2 <= 2.2
+    assert (out / "pretrain_mlm" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    from mamba_dna.caduceus import CaduceusLM
+    from mamba_dna.load import load_model
+
+    assert isinstance(load_model(pm["model_dir"]), CaduceusLM)
+    # --no-mlm leaves it out
+    res2 = D.run_demo(D.DemoConfig(out=str(out), data=str(data), quick=True, device="cpu", mlm=False))
+    assert "pretrain_mlm" not in res2 and not (out / "pretrain_mlm").exists()
+    assert "### Masked language model" not in (out / "report.md").read_text()
+
+
+def test_quick_with_a_given_caduceus_model(tmp_path, capsys, shared_data):
+    caduceus_ps = shared_data / "models" / "caduceus_ps"  # the real code's tiny Caduceus-PS
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--quick", "--model", str(caduceus_ps), "--data", str(data), "--out", str(out),
+              "--device", "cpu"])
+    assert e.value.code == 0, capsys.readouterr().err
+    res = json.loads((out / "summary.json").read_text())
+    assert res["model"]["kind"] == "Caduceus-PS" and res["model"]["masked"] is True
+    assert not (out / "pretrain").exists() and not (out / "shards").exists()
+    text = (out / "report.md").read_text()
+    assert "## 2. Model (given, no pretraining)" in text and "Mamba LM, final" not in text
+    for s in res["score"]["sets"]:
+        sc = s["scorers"]
+        assert set(sc) == {"network", "kmer2_ref", "markov_ref", "composition"}
+        assert sc["network"]["score"] == sc["kmer2_ref"]["score"] == "mlm_llr" and sc["network"]["n"] > 0
+        label = "Spearman rho" if s["metric"] == "spearman" else "AUROC"
+        row = [line for line in text.splitlines() if line.startswith(f"| {s['set']} | {label} |")]
+        vals = floats_in_row(row[0], s["set"])[1:]
+        assert len(vals) == 4 and vals[0] == pytest.approx(sc["network"]["value"], abs=1e-3)
+    assert 0 <= res["embed"]["loo_1nn_model"] <= 1 and 0 <= res["classify"]["model"]["accuracy"] <= 1
+    assert all((out / rel).read_bytes()[:4] == b"\x89PNG" for rel in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text))
+    stdout = capsys.readouterr().out
+    assert str(caduceus_ps) in stdout and "AUROC" in stdout

@@ -262,7 +262,7 @@ def test_writer_error_stops_the_run_and_resume_finishes_it(setup, tmp_path, monk
 
     monkeypatch.setattr(embed_run, "write_rows", failing)
     out = tmp_path / "cut.h5"
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(InputError, match="no space left on the device"):  # one line (os_errors)
         E.run_embed(E.EmbedConfig(out=str(out), **kw))
     assert not out.exists() and calls["n"] == 25  # nothing was written after the failure
     with h5py.File(E.partial_path(out), "r") as f, h5py.File(ref, "r") as fr:

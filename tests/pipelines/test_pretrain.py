@@ -42,10 +42,13 @@ def _ref_backend_one_thread(monkeypatch):
 
 @pytest.fixture(scope="module")
 def fasta(tmp_path_factory) -> Path:
+    return write_toy_fasta(tmp_path_factory.mktemp("fa") / "toy.fa")
+
+
+def write_toy_fasta(path: Path) -> Path:
     """Three 6 kb records drawn from an order-2 Markov chain (learnable, deterministic)."""
     rng = np.random.default_rng(7)
     P = rng.dirichlet(np.full(4, 0.3), size=16)  # (16 contexts, 4)
-    path = tmp_path_factory.mktemp("fa") / "toy.fa"
     with open(path, "w") as f:
         for r in range(3):
             a, b, seq = 0, 1, []

@@ -177,11 +177,11 @@ def test_non_finite_scores_are_a_counted_status(small_ref, tmp_path):
     # --context 4: the centre is index 1 (NaN) -> every SNV non-finite; --context 5: centre 2 (finite)
     s = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(out), context=4), scorer=_NanMasked(),
             progress=False)
-    assert s.scored == 0 and s.skipped["non_finite"] == 4
+    assert s.scored == 0 and s.skipped["nonfinite"] == 4
     assert all(r["mlm_llr"] == "." for r in _rows(out))
     s = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(out), context=5), scorer=_NanMasked(),
             progress=False)
-    assert s.scored == 4 and "non_finite" not in s.skipped
+    assert s.scored == 4 and "nonfinite" not in s.skipped
 
 
 def test_allele_windows_place_the_allele_at_the_centre():
