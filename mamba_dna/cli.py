@@ -172,21 +172,24 @@ embed_app = _command_group("embed", "Embeddings of windows or BED regions into H
 def embed(
     ctx: typer.Context,
     fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA (plain, .gz, bgzip)."),
-    model: str = typer.Option(None, "--model", "-m", help="Model directory."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory (mamba-dna, Caduceus, PlantCaduceus) or hf:ORG/NAME[@REV]."),
     out: str = typer.Option(None, "--out", "-o", help="Output HDF5 file."),
     bed: str = typer.Option(EmbedConfig.bed, "--bed", help="BED regions (0-based half-open; strand col 6)."),
     window: int = typer.Option(EmbedConfig.window, "--window", "-w", help="Window length in bp [0: whole records]."),
     stride: int = typer.Option(EmbedConfig.stride, "--stride", help="Step between windows [--window]."),
-    pool: str = typer.Option(EmbedConfig.pool, "--pool", help="mean | max | last | none."),
+    pool: str = typer.Option(EmbedConfig.pool, "--pool", help="mean | max | last (causal models only) | none."),
     per_position: bool = typer.Option(EmbedConfig.per_position, "--per-position", help="Also write (length, d) per item."),
     layer: int = typer.Option(EmbedConfig.layer, "--layer", help="Residual stream after K blocks (default: after the final norm)."),
-    rc_average: bool = typer.Option(EmbedConfig.rc_average, "--rc-average", help="Average with the reverse strand."),
+    rc_average: bool = typer.Option(EmbedConfig.rc_average, "--rc-average",
+                                    help="Strand-symmetric output: the mean with the reverse-complement pass "
+                                         "(Caduceus-PS: of its two halves, free; without it PS stores 2 x d_model)."),
     dtype: str = typer.Option(EmbedConfig.dtype, "--dtype", help="float32 | float16 (stored values)."),
     compression: str = typer.Option(
         EmbedConfig.compression, "--compression",
         help="Per-position filter: none (fastest; embeddings compress by only 7-14%) | lzf "
              "(shuffle+LZF; R/MATLAB need the LZF plugin) | gzip (level 1: any HDF5 reader)."),
-    piece: int = typer.Option(EmbedConfig.piece, "--piece", help="Positions per streamed piece (memory)."),
+    piece: int = typer.Option(EmbedConfig.piece, "--piece",
+                              help="Positions per streamed piece (causal models: memory; bidirectional ones run each item whole, O(L x d))."),
     shard: str = typer.Option(EmbedConfig.shard, "--shard", help="i/n (0-based): this array job's share."),
     resume: bool = typer.Option(EmbedConfig.resume, "--resume", help="Continue OUT.partial, skip done items."),
     device: str = typer.Option(EmbedConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
@@ -194,6 +197,8 @@ def embed(
     """Embed genome windows or BED regions with a model; writes HDF5 (schema: `mamba_dna.io.hdf5`).
 
     Example:  mamba-dna embed --fasta ecoli.fna.gz --window 16384 --model models/m --out emb.h5 --pool mean --rc-average
+
+    Caduceus:  mamba-dna embed --fasta maize.fa --window 512 --model hf:kuleshov-group/PlantCaduceus_l20 --out emb.h5 --rc-average
     """
     if ctx.invoked_subcommand is not None:
         return
