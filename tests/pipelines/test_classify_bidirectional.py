@@ -56,10 +56,13 @@ def ps_fixture() -> Path:
     return d
 
 
-def test_probe_on_a_caduceus_checkpoint_is_strand_symmetric(data, tmp_path):
+def test_probe_on_a_caduceus_checkpoint_is_strand_symmetric(data, tmp_path, hf_offline_cache):
+    """The Caduceus-PS fixture as hf:ORG/NAME from an offline hub cache (issue 17's `classify
+    --model hf:...`), through train and then predict (which loads the id again)."""
     out = tmp_path / "cls"
+    spec_id = hf_offline_cache(ps_fixture(), "org/ps")
     assert cli(["classify", "train", "--labels", str(data / "labels.tsv"), "--model",
-                str(ps_fixture()), "--out", str(out), "--window", "256", "--per-class", "8",
+                spec_id, "--out", str(out), "--window", "256", "--per-class", "8",
                 "--split-by", "file", "--block", "512", "--lengths", "256"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["config"]["rc_average"] is True  # the default for a bidirectional backbone
@@ -67,7 +70,7 @@ def test_probe_on_a_caduceus_checkpoint_is_strand_symmetric(data, tmp_path):
     assert sum(map(sum, rep["results"]["model"]["confusion"])) == 3 * 4
     man = json.loads((out / "model" / "classifier.json").read_text())
     assert man["features"]["rc_average"] and man["features"]["model_config"]["rcps"]
-    assert man["features"]["pool"] == "mean"
+    assert man["features"]["pool"] == "mean" and man["features"]["model_dir"] == spec_id
     proba, classes, _ = C.load_classifier(out / "model", "cpu")
     rng = np.random.default_rng(5)
     seqs = [encode("".join(rng.choice(list("ACGT"), size=n, p=COMPOSITION[c])))

@@ -134,3 +134,19 @@ def test_pool_last_is_refused_for_bidirectional(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--pool last" in err and "bidirectional" in err and "Traceback" not in err
     assert not out.exists() and not E.partial_path(out).exists()
+
+
+def test_hf_id_from_an_offline_cache(tmp_path, hf_offline_cache):
+    """`embed --model hf:ORG/NAME` (a PlantCaduceus-layout checkpoint in the hub cache, no
+    network) writes what the directory gives, and records the id and the weights' sha256."""
+    mdir = fixture("caduceus_plant")
+    spec = hf_offline_cache(mdir, "org/plant")
+    files = {}
+    for tag, m in (("dir", str(mdir)), ("hub", spec)):
+        files[tag] = tmp_path / f"{tag}.h5"
+        assert cli(["embed", "--fasta", str(FASTA), "--model", m, "--out", str(files[tag]),
+                    "--window", "2000", "--rc-average"]) == 0
+    with h5py.File(files["dir"], "r") as a, h5py.File(files["hub"], "r") as b:
+        assert b.attrs["model_dir"] == spec and b.attrs["architecture"] == "caduceus-ps"
+        assert b.attrs["checkpoint_sha256"] == a.attrs["checkpoint_sha256"]
+        assert np.array_equal(a["pooled"][:], b["pooled"][:]) and b["pooled"].shape == (3, 32)
