@@ -5,9 +5,10 @@ recipe.
 Setup: load the backbone (`mamba_dna.load.load_model`), put a linear head on the hidden state
 after the final norm, pooled at the last token for a causal backbone (the paper's head) or
 averaged over positions for a bidirectional one (CaduceusLM: its last position is no summary
-of the sequence, so "last" is refused; a Caduceus-PS head reads the mean of its two RC halves,
-d_model strand-symmetric channels, as Caduceus's own classifier does), and fix the length ladder: sequence-length warmup trains first on short
-windows and doubles the window stage by stage up to the target length (`stage_lengths`).
+of the sequence, so "last" is refused; a Caduceus-PS head reads the mean of its two RC
+halves, d_model strand-symmetric channels, as Caduceus's own classifier does), and fix the
+length ladder: sequence-length warmup trains first on short windows and doubles the window
+stage by stage up to the target length (`stage_lengths`).
 
 Run: every stage draws fresh balanced windows of its length from the *train* segments of
 the classify split only (no window crosses into val or test), each flipped to its reverse
