@@ -435,7 +435,7 @@ def _int_list(text: str | None, opt: str) -> tuple[int, ...] | None:
 def classify_train(
     labels: str = typer.Option(..., "--labels", help="TSV: 'file' column + label columns."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (classifiers, report)."),
-    model: str = typer.Option(None, "--model", "-m", help="Model directory (mamba-dna, Caduceus, PlantCaduceus) or hf:ORG/NAME [k-mer baseline only]."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory (mamba-dna, Caduceus, PlantCaduceus) or hf:ORG/NAME (none: the k-mer baseline only)."),
     label_column: str = typer.Option(ClassifyConfig.label_column, "--label-column", help="Column holding the label."),
     group: str = typer.Option(None, "--group", help="Keep rows whose 'group' column equals this."),
     include: str = typer.Option(None, "--include", help="Regex on file path or label: keep matches."),
@@ -448,9 +448,9 @@ def classify_train(
     max_length: int = typer.Option(ClassifyConfig.max_length, "--max-length", help="Longest window in the length table."),
     lengths: str = typer.Option(None, "--lengths", help="Length table windows, e.g. 1024,4096 [2^10 .. 2^20]."),
     pool: str = typer.Option(ClassifyConfig.pool, "--pool", help="mean | last (causal models only) | max."),
-    layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [final norm]."),
+    layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks (default: after the final norm)."),
     rc_average: bool = typer.Option(ClassifyConfig.rc_average, "--rc-average/--no-rc-average",
-                                    help="Strand-symmetric embeddings [on for bidirectional models (free for Caduceus-PS), off for causal ones]."),
+                                    help="Strand-symmetric embeddings (default: on for bidirectional models, free for Caduceus-PS; off for causal ones)."),
     seed: int = typer.Option(ClassifyConfig.seed, "--seed"),
     device: str = typer.Option(ClassifyConfig.device, "--device"),
     kmer_ks: str = typer.Option(None, "--kmer-ks", help="k values the k-mer baseline picks from on val [3,4,5,6]."),
@@ -465,7 +465,7 @@ def classify_train(
     finetune_table: bool = typer.Option(FinetuneConfig.table, "--finetune-table/--no-finetune-table",
                                         help="--finetune: also fine-tune at every length-table row."),
     finetune_pool: str = typer.Option(FinetuneConfig.pool, "--finetune-pool",
-                                      help="--finetune: last (the paper's head; causal models only) | mean [last for causal, mean for bidirectional]."),
+                                      help="--finetune: last (the paper's head; causal models only) | mean (default: last for causal, mean for bidirectional)."),
 ) -> None:
     """Train + test a window classifier and the k-mer baseline on the same split; write a report.
 
