@@ -150,3 +150,19 @@ def test_hf_id_from_an_offline_cache(tmp_path, hf_offline_cache):
         assert b.attrs["model_dir"] == spec and b.attrs["architecture"] == "caduceus-ps"
         assert b.attrs["checkpoint_sha256"] == a.attrs["checkpoint_sha256"]
         assert np.array_equal(a["pooled"][:], b["pooled"][:]) and b["pooled"].shape == (3, 32)
+
+
+def test_shards_merge_keep_the_new_attributes(tmp_path):
+    """Two shards of a Caduceus-PS run merge into the single run's numbers and attributes."""
+    mdir = fixture("caduceus_ps")
+    kw = dict(fasta=str(FASTA), model=str(mdir), window=1000, per_position=True, max_batch=2)
+    single = E.run_embed(E.EmbedConfig(out=str(tmp_path / "one.h5"), **kw))
+    shards = [E.run_embed(E.EmbedConfig(out=str(tmp_path / "s.h5"), shard=f"{i}/2", **kw))
+              for i in range(2)]
+    merged = E.merge(shards, tmp_path / "m.h5")
+    with h5py.File(single, "r") as a, h5py.File(merged, "r") as b:
+        for k in ("architecture", "objective", "channels", "rc_average_method", "d_model"):
+            assert a.attrs[k] == b.attrs[k], k
+        assert np.array_equal(a["pooled"][:], b["pooled"][:]) and b["pooled"].shape == (6, 64)
+        for k in a["per_position"]:
+            assert np.array_equal(a["per_position"][k][:], b["per_position"][k][:]), k
