@@ -48,7 +48,7 @@ cmd="${1:-help}"; shift || true
 case "$cmd" in
   setup) setup ;;
   demo)  setup; exec "$VENV/bin/mamba-dna" demo "$@" ;;
-  test)  setup; TRITON_INTERPRET=1 exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  test)  setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;  # settings: tests/conftest.py
   help|-h|--help) sed -n '2,6p' "$0" ;;
   *)     setup; exec "$VENV/bin/mamba-dna" "$cmd" "$@" ;;
 esac

@@ -9,6 +9,9 @@
 2. Timings: forward, forward+backward of the scan, and one AdamW training step (bf16
    autocast) of a MambaLM, ours vs mamba_ssm's CUDA kernel / MambaLMHeadModel when
    `mamba_ssm` is installed.
+3. The bidirectional models (Caduceus-PS and -Ph, d_model 256 x 16 layers, random weights):
+   both directions and both RC halves through the Triton scan, logits checked against the CPU
+   path at full size (L 131,072; --quick 16,384), forward timed in fp32 and bf16.
 
 Prints a table. On a machine without a CUDA GPU it says so and exits 0.
 """
@@ -128,6 +131,37 @@ def _train_step_table(dev, sync, quick: bool) -> str:
     return "\n".join(rows)
 
 
+def caduceus_rows(dev, sync, L: int, n_layer: int = 16, d_model: int = 256, reps: int = 3) -> tuple[list[str], int]:
+    """Caduceus-PS / -Ph on `dev` against the CPU path (fp32 logits), and forward timings."""
+    import torch
+
+    from mamba_dna.caduceus import CaduceusLM, ModelConfig
+
+    rows, failures = [f"bidirectional: d_model {d_model} x {n_layer} layers, batch 1, L {L}"], 0
+    ids = torch.randint(4, 8, (1, L), generator=torch.Generator().manual_seed(0))  # (1, L)
+    for rcps in (True, False):
+        torch.manual_seed(0)
+        cpu = CaduceusLM(ModelConfig(d_model=d_model, n_layer=n_layer, bidirectional=True, rcps=rcps)).eval()
+        with torch.no_grad():
+            want = cpu(ids)[..., 4:8]  # (1, L, 4) A C G T logits, the CPU path
+            model = CaduceusLM(cpu.config).eval()
+            model.load_state_dict(cpu.state_dict())
+            model = model.to(dev)
+            x = ids.to(dev)
+            got = model(x)[..., 4:8].float().cpu()
+            err = (got - want).abs().max().item()
+            ok = err <= 2e-3 * max(1.0, want.abs().max().item())
+            failures += not ok
+            t32 = _timeit(lambda m=model, x=x: m(x), sync, reps=reps)
+            mb = model.to(torch.bfloat16)
+            t16 = _timeit(lambda m=mb, x=x: m(x), sync, reps=reps)
+        kind = "PS" if rcps else "Ph"
+        rows.append(f"  Caduceus-{kind}: vs CPU max|diff| {err:.2e} {'ok' if ok else 'FAIL'}; "
+                    f"fwd fp32 {t32 * 1e3:.1f} ms ({L / t32:,.0f} tokens/s), bf16 {t16 * 1e3:.1f} ms "
+                    f"({L / t16:,.0f} tokens/s)")
+    return rows, failures
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small size only")
@@ -193,6 +227,9 @@ def main(argv=None) -> int:
         print(f"{r[0]:>6} {r[1]:>9} {r[2]:>9} {r[3]:>14} {r[4]:>9.2f} {r[5]:>9.2f} {r[6]:>9.2f} {r[7]:>9.2f}")
     print(f"decode step vs reference: {'ok' if step_ok else 'FAIL'}")
     print(_train_step_table(dev, sync, quick=args.quick))
+    cad_rows, cad_fail = caduceus_rows(dev, sync, 16384 if args.quick else 131072)
+    print("\n".join(cad_rows))
+    failures += cad_fail
     return 1 if failures else 0
 
 

@@ -216,9 +216,9 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     import torch
-    from mamba_dna.kernels import choose_backend
 
     from mamba_dna import __version__
+    from mamba_dna.kernels import choose_backend
 
     versions = {"torch": torch.__version__}
     for mod in ("transformers", "mambapy"):

@@ -149,9 +149,8 @@ def main(argv=None) -> int:
     if args.eval_every is None:
         args.eval_every = 50 if args.quick else 100
 
-    from mamba_dna.kernels import choose_backend
-
     from mamba_dna import __version__
+    from mamba_dna.kernels import choose_backend
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

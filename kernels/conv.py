@@ -15,12 +15,11 @@ The Mamba block's short convolution, the `causal-conv1d` package's contract:
 Differentiable in x, weight, bias and initial_state. The reference is
 `causal_conv1d_ref` (F.conv1d over the explicitly padded input), one import away.
 
-Why a kernel: PyTorch's CPU depthwise conv1d (oneDNN) took ~120 ms per call at
-dim 512, L 16k on the 2-core dev box — as long as the whole selective scan — and the
-padding copy and the separate SiLU pass add two more sweeps over (batch, dim, L). Here one
-pass per channel does padding, the K taps, the bias and the SiLU: each tap is a loop with
-one store over a chunk of positions (vectorised by LLVM), the sigmoid uses the scan's
-vectorised float32 exp. The backward recomputes the pre-activation per chunk (K - 1
+Why a kernel: PyTorch's CPU depthwise conv1d (oneDNN) costs about as much as the whole
+selective scan at dim 512, L 16k, and the padding copy and the separate SiLU pass add two
+more sweeps over (batch, dim, L). Here one pass per channel does padding, the K taps, the
+bias and the SiLU: each tap is a loop with one store over a chunk of positions (vectorised
+by LLVM), the sigmoid uses the kernels' vectorised float32 exp (`_numba.vexp`). The backward recomputes the pre-activation per chunk (K - 1
 positions of overlap) instead of saving it, so forward+backward keeps only x.
 Accumulation is float32 per position; the gradients of weight and bias (sums over L) are
 carried in float64 per channel.
@@ -31,8 +30,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mamba_dna.kernels.cpu import _FASTMATH, _ONE, _ZERO, _n_parts, _vexp, set_threads_from_affinity
 from numba import njit, prange
+
+from mamba_dna.kernels._numba import FASTMATH, ONE, ZERO, ensure_threads, parts_for, vexp
 
 __all__ = ["causal_conv1d_cpu", "causal_conv1d_ref"]
 
@@ -71,19 +71,19 @@ def _check(x, weight, bias, initial_state, activation):
 # ----------------------------------------------------------------------------- kernels
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _load(x, init, has_init, b, d, t0, n, K, buf):
     """buf[:n] = the inputs at positions t0 - (K - 1) ... t0 - (K - 1) + n - 1 (init / 0 before 0)."""
     s = t0 - (K - 1)
     j0 = min(max(-s, 0), n)  # entries before position 0
     for j in range(j0):
-        buf[j] = init[b, d, K - 1 + s + j] if has_init else _ZERO
+        buf[j] = init[b, d, K - 1 + s + j] if has_init else ZERO
     xs = x[b, d, s + j0: s + n]  # contiguous along L: a plain copy loop
     for j in range(n - j0):
         buf[j0 + j] = xs[j]
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _pre(w, bias_d, buf, m, K, pre):
     """pre[i] = bias + sum_k w[k] buf[i + k] for i < m (one store per loop: vectorised)."""
     for i in range(m):
@@ -94,7 +94,7 @@ def _pre(w, bias_d, buf, m, K, pre):
             pre[i] += wk * buf[i + k]
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _chunk_pre(x, init, has_init, wd, bias_d, b, d, t0, n, K, silu, buf, pre, sig, bits):
     """pre[:n] = the conv at positions t0 .. t0+n-1 and, when `silu`, sig[:n] = sigmoid(pre)."""
     _load(x, init, has_init, b, d, t0, n + K - 1, K, buf)
@@ -102,12 +102,12 @@ def _chunk_pre(x, init, has_init, wd, bias_d, b, d, t0, n, K, silu, buf, pre, si
     if silu:
         for i in range(n):
             sig[i] = -pre[i]
-        _vexp(sig, sig, bits, n)
+        vexp(sig, sig, bits, n)
         for i in range(n):
-            sig[i] = _ONE / (_ONE + sig[i])
+            sig[i] = ONE / (ONE + sig[i])
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
+@njit(parallel=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def _conv_fwd_kernel(x, w, bias, init, out, has_init, silu, chunk, n_parts):  # pragma: no cover
     """x, out (batch, dim, L); w (dim, K); bias (dim,); init (batch, dim, K-1)."""
     batch, dim, L = x.shape
@@ -135,7 +135,7 @@ def _conv_fwd_kernel(x, w, bias, init, out, has_init, silu, chunk, n_parts):  # 
                         out[b, d, t0 + i] = pre[i]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
+@njit(parallel=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def _conv_bwd_kernel(x, w, bias, init, gout, gx, gw64, gb64, ginit,
                      has_init, silu, chunk, n_parts):  # pragma: no cover
     """gout, gx (batch, dim, L); gw64 (batch, dim, K), gb64 (batch, dim) float64 sums;
@@ -163,15 +163,15 @@ def _conv_bwd_kernel(x, w, bias, init, gout, gx, gw64, gb64, ginit,
                 if silu:
                     for i in range(m2):
                         s = e[i]  # sigmoid(pre)
-                        gp[i] = gout[b, d, t0 + i] * s * (_ONE + pre[i] * (_ONE - s))
+                        gp[i] = gout[b, d, t0 + i] * s * (ONE + pre[i] * (ONE - s))
                 else:
                     for i in range(m2):
                         gp[i] = gout[b, d, t0 + i]
                 for i in range(m2, m2 + K):
-                    gp[i] = _ZERO
+                    gp[i] = ZERO
                 # x at position t0 + i feeds pre at t0 + i + (K - 1 - k), k = 0..K-1
                 for i in range(m):
-                    e[i] = _ZERO
+                    e[i] = ZERO
                 for k in range(K):
                     wk = wd[k]
                     o = K - 1 - k
@@ -180,18 +180,18 @@ def _conv_bwd_kernel(x, w, bias, init, gout, gx, gw64, gb64, ginit,
                 for i in range(m):
                     gx[b, d, t0 + i] = e[i]
                 for k in range(K):
-                    acc = _ZERO
+                    acc = ZERO
                     for i in range(m):
                         acc += gp[i] * buf[i + k]
                     gw64[b, d, k] += acc
-                acc = _ZERO
+                acc = ZERO
                 for i in range(m):
                     acc += gp[i]
                 gb64[b, d] += acc
                 if t0 == 0:
                     # initial input j (position j - (K - 1)) feeds pre at j - k for k <= j
                     for j in range(K - 1):
-                        a = _ZERO
+                        a = ZERO
                         for k in range(K):
                             if k <= j and j - k < m2:
                                 a += wd[k] * gp[j - k]
@@ -218,7 +218,7 @@ class _CausalConv1d(torch.autograd.Function):
         out = torch.empty(b, d, L)  # (batch, dim, L)
         if L > 0:
             _conv_fwd_kernel(xf.numpy(), wf.numpy(), bf.numpy(), init.numpy(), out.numpy(),
-                             initial_state is not None, silu, CHUNK, _n_parts(b * d))
+                             initial_state is not None, silu, CHUNK, parts_for(b * d))
         ctx.save_for_backward(xf, wf, bf, init)
         ctx.flags = (initial_state is not None, silu, bias is not None)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype,
@@ -239,7 +239,7 @@ class _CausalConv1d(torch.autograd.Function):
         if L > 0:
             _conv_bwd_kernel(xf.numpy(), wf.numpy(), bf.numpy(), init.numpy(), g.numpy(),
                              gx.numpy(), gw64.numpy(), gb64.numpy(), ginit.numpy(),
-                             has_init, silu, CHUNK, _n_parts(b * d))
+                             has_init, silu, CHUNK, parts_for(b * d))
         dx, dw, db, di = ctx.dtypes
         need = ctx.needs_input_grad
         return (
@@ -251,16 +251,10 @@ class _CausalConv1d(torch.autograd.Function):
         )
 
 
-_THREADS_SET = False
-
-
 def causal_conv1d_cpu(x, weight, bias=None, initial_state=None, activation="silu"):
     """Fused causal depthwise conv1d (+ SiLU) on CPU tensors; see the module docstring."""
     _check(x, weight, bias, initial_state, activation)
     if x.device.type != "cpu":
         return causal_conv1d_ref(x, weight, bias, initial_state, activation)
-    global _THREADS_SET
-    if not _THREADS_SET:
-        set_threads_from_affinity()
-        _THREADS_SET = True
+    ensure_threads()
     return _CausalConv1d.apply(x, weight, bias, initial_state, activation == "silu")

@@ -6,41 +6,25 @@ and `seq_idx`); see kernels/reference.py for the shapes and the recurrence
     h_t = exp(dt_t * A) * keep_t * h_{t-1} + dt_t * B_t * u_t,   y_t = C_t . h_t + D u_t,
     out_t = y_t * silu(z_t),   keep_t = 0 where seq_idx changes (packed records), else 1.
 
-Formulation (chosen by measurement, bench/scan.py; figures on the 2-core Zen 3 dev box):
+How, each choice made by measurement (bench/scan.py; the figures are in CHANGELOG.md):
 
 * One numba kernel per direction, parallel over channels (batch*dim), does everything a
-  position needs: bias + softplus, the N exponentials, the recurrence, the C-contraction,
-  the D skip and the SiLU(z) gate. Nothing of size L*N is materialised; per thread the
-  working buffers are (chunk, 4, N).
-* Channels go in groups of 4 (`_KG`; same batch row and B/C group) through one chunk at
-  a time (`_group_states`): per-position scalars, then exp(dt*A) for the whole chunk in
-  one flat vectorised pass, then the recurrence stepping the 4 channels per position --
-  4 independent dependency chains the CPU overlaps, where one channel alone is bound by
-  the latency of its multiply-add chain.
-* The exponentials are computed in-kernel by a vectorisable float32 exp (Cody-Waite range
-  reduction, degree-6 polynomial, 2^k built from the exponent bits through an int32 view),
-  which LLVM turns into AVX2 code: ~1.8 G exp/s per thread in cache, against ~0.9 G/s for
-  `torch.exp` into a preallocated tensor. Accuracy: max relative error ~1e-7 on the
-  arguments the scan sees, at most 1 ulp over [-87, 88] (tested); arguments below -87.33
-  are clamped there (exp = 1.18e-38, about the smallest normal float32, where the true value
-  is denormal: as good as 0 next to any state term); NaN in gives NaN out. The kernels use fast-math (reassociation, FMA
-  contraction, approximate functions), not `nnan`/`ninf`, and numba's "numpy" error model
-  (a float division is not checked for zero: the check is a branch that keeps the loop
-  scalar; no divisor here can be 0).
-* What makes numba/LLVM emit vector code here, each found by measurement: (m, kk, N)
-  C-contiguous views with a runtime N (a literal N fully unrolls into scalar code, since
-  numba does not run LLVM's SLP vectoriser; a flat index i*N + n stays scalar too); arrays
-  indexed by the loop variable only (slices, not `t0 + i`: the negative-index wraparound
-  of an offset index keeps the loop scalar); one stored array per innermost loop (fused
-  loops with several stores stay scalar); one interleaved vector body (the LLVM option set
-  below), since with the default 2-4 a loop over N = 16 is shorter than one body.
-  Together: backward 0.33 -> 0.23 s, forward 0.12 -> 0.10 s (dim 512, L 16k). Sums over
-  a group's channels (dB, dC per position) and its 4 dot products C.h are formed in one
-  loop over N for all 4 channels: one store per row instead of 4 read-modify-writes of the
-  same row in a row (a store-to-load chain), 1.9x faster alone.
-* The large outputs ((batch, dim, L): the forward's out, the backward's du, ddelta, dz) are
-  fresh memory on every call; they are asked to be on 2 MiB transparent huge pages
-  (`_empty`), so first writing them costs 512x fewer page faults.
+  position needs: bias + softplus, the N exponentials (`_numba.vexp`, a vectorised float32
+  exp), the recurrence, the C-contraction, the D skip and the SiLU(z) gate. Nothing of size
+  L*N is materialised; per thread the working buffers are (chunk, 4, N).
+* Channels go in groups of 4 (`_KG`; same batch row and B/C group) through one chunk at a
+  time (`_group_states`): per-position scalars, then exp(dt*A) for the whole chunk in one
+  flat vectorised pass, then the recurrence stepping the 4 channels per position: 4
+  independent dependency chains the CPU overlaps, where one channel alone is bound by the
+  latency of its multiply-add chain.
+* The loops are written so that numba/LLVM emits vector code: (m, kk, N) C-contiguous views
+  with a runtime N (a literal N fully unrolls into scalar code, since numba does not run
+  LLVM's SLP vectoriser; a flat index i*N + n stays scalar too); arrays indexed by the loop
+  variable only (slices, not `t0 + i`: the negative-index wraparound of an offset index
+  keeps the loop scalar); one stored array per innermost loop (fused loops with several
+  stores stay scalar). Sums over a group's channels (dB, dC per position) and its 4 dot
+  products C.h are formed in one loop over N for all 4 channels: one store per row instead
+  of 4 read-modify-writes of the same row (a store-to-load chain).
 * State and every accumulation are float32, as in mamba_ssm's CUDA kernel; the per-channel
   gradient sums over L (dA, dD, d delta_bias) are carried in float64 across chunks so a
   megabase does not lose them to rounding.
@@ -49,26 +33,24 @@ Formulation (chosen by measurement, bench/scan.py; figures on the 2-core Zen 3 d
   dim*L*N/chunk floats, 1/16 of one (batch, dim, L) tensor at N=16. B and C are transposed
   once to (batch, groups, L, N) so the inner loop over N reads contiguous memory.
 * Backward (torch.autograd.Function) walks the chunks in reverse. Per chunk and channel
-  group it recomputes the chunk's exponentials (kept in a per-thread buffer so they are
-  computed once) and states from the saved chunk-start states, exactly as the forward
-  did (`_group_states`), then runs the adjoint recurrence
+  group it recomputes the chunk's exponentials and states from the saved chunk-start
+  states, exactly as the forward did (`_group_states`), then runs the adjoint recurrence
       g_t = keep_{t+1} * exp(dt_{t+1} A) * g_{t+1} + gy_t * C_t
   and forms every gradient: u, delta, A, B, C, D, z, delta_bias, initial_state. dB and dC
   are sums over the channels of a group; each thread accumulates its channels into its
   own (batch, groups, span, N) buffer (span: a multiple of chunk, <= ~1 MB per thread) and
   the buffers are added after each span, in a fixed order (deterministic for a given
   thread count). One barrier per span, none per chunk: on a busy machine barriers cost.
+* The large outputs ((batch, dim, L): the forward's out, the backward's du, ddelta, dz) are
+  fresh memory on every call; `_empty` asks for them on 2 MiB transparent huge pages.
 * Inputs in float16/bfloat16 are converted to float32 copies first (numba has no bf16);
   outputs and gradients are returned in the inputs' dtypes. With float32 inputs no copy of
   u/delta/z is made (non-contiguous inputs are made contiguous, as mamba_ssm does).
 
 Memory for forward+backward beyond the tensors the API takes and returns: B and C
 transposed (2*batch*groups*L*N floats), the chunk-start states, and per-thread buffers.
-
-The first call compiles the two kernels (cached on disk by numba, `cache=True`, in
-kernels/__pycache__): measured 12-17 s for both on the shared 2-core box (up to ~55 s when
-it was heavily loaded); a later process loads them from the cache in ~0.3-2 s.
-`set_threads_from_affinity()` sizes numba's pool to the CPUs the process may use.
+The first call compiles the two kernels (seconds; cached on disk by numba, `cache=True`,
+in kernels/__pycache__), later processes load them from the cache.
 """
 
 from __future__ import annotations
@@ -77,100 +59,23 @@ import ctypes
 import os
 import sys
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["selective_scan_cpu", "DEFAULT_CHUNK", "set_threads_from_affinity"]
+from mamba_dna.kernels._numba import FASTMATH, ONE, ZERO, ensure_threads, parts_for, vexp
+
+__all__ = ["selective_scan_cpu", "DEFAULT_CHUNK"]
 
 DEFAULT_CHUNK = 256
 _KG = 4  # channels both kernels step together (`_group_at`, `_group_states`)
-_THREADS_SET = False
-
-# Fast math without nnan/ninf: a NaN in the inputs still comes out as NaN.
-_FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 _F32 = np.float32
-_LOG2E = _F32(1.4426950408889634)
-_LN2_HI = _F32(0.693359375)  # few mantissa bits: k * _LN2_HI is exact for |k| < 2^15
-_LN2_LO = _F32(-2.12194440e-4)
-_EXP_LO = _F32(-87.33)  # clamp: exp below this would be a float32 denormal
-_EXP_HI = _F32(88.7)
-# exp(r) = 1 + r + r^2 q(r) on |r| <= ln2/2, q of degree 4: a minimax fit (Lawson-weighted
-# least squares) of (e^r - 1 - r) / r^2 for relative error, 3e-9 in exact arithmetic. In
-# float32, measured against float64 exp on 4M points over [-87, 88]: max 0.99 ulp, mean 0.27,
-# the same as the degree-7 Cephes form used until 0.2.2, one multiply-add shorter
-# (forward+backward 3.6% faster at dim 512, L 16k).
-_P1 = _F32(0.001381461275741458)  # r^4
-_P2 = _F32(0.008368710055947304)  # r^3
-_P3 = _F32(0.04166838899254799)  # r^2
-_P4 = _F32(0.1666652113199234)  # r
-_P5 = _F32(0.4999999403953552)  # 1
-_ONE = _F32(1.0)
-_ZERO = _F32(0.0)
-_HALF = _F32(0.5)
-_TWENTY = _F32(20.0)
-
-
-def set_threads_from_affinity() -> int:
-    """Use as many numba threads as CPUs this process may run on (Slurm's cpus-per-task)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n
-
-
-# LLVM's loop vectoriser interleaves 2-4 vector bodies by default, so a loop over N = 16
-# floats (two AVX2 vectors) is shorter than one interleaved body and runs in its scalar
-# remainder. One interleave makes those loops vector code: measured at dim 512, L 16k, the
-# backward 0.26 -> 0.23 s and the forward 0.116 -> 0.104 s. The option is process-wide and
-# only read when numba compiles (our kernels are then cached on disk); it changes speed,
-# never results. MAMBA_DNA_LLVM_INTERLEAVE=0 leaves LLVM's default alone (for kernels
-# compiled from then on: numba's on-disk cache keeps what was compiled before).
-if os.environ.get("MAMBA_DNA_LLVM_INTERLEAVE", "1") != "0":
-    import llvmlite.binding as _llvm
-
-    _llvm.set_option("mamba_dna", "--force-vector-interleave=1")
 
 # ----------------------------------------------------------------------------- kernels
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
-def _exp_parts(x):
-    """exp(x) for float32 x as (mantissa factor p, exponent bits): exp(x) = p * f32(bits).
-
-    Split so the caller can reinterpret the int32 bits through a view of a small buffer,
-    which keeps the loop over N vectorisable (no scalar bit casts).
-    """
-    x = _EXP_LO if x < _EXP_LO else x  # NaN compares false and stays NaN
-    x = _EXP_HI if x > _EXP_HI else x
-    k = np.floor(x * _LOG2E + _HALF)  # float32, exact integer
-    r = x - k * _LN2_HI
-    r = r - k * _LN2_LO  # |r| <= ln2 / 2
-    p = _P1 * r + _P2
-    p = p * r + _P3
-    p = p * r + _P4
-    p = p * r + _P5
-    p = p * r * r + r + _ONE
-    bits = (np.int32(k) + np.int32(127)) << 23  # 2^k, k in [-126, 128]
-    return p, bits
-
-
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
-def _vexp(x, out, bits, m):
-    """out[:m] = exp(x[:m]) (float32, vectorised); bits: int32 scratch of length >= m."""
-    scale = bits.view(np.float32)
-    for i in range(m):
-        out[i], bits[i] = _exp_parts(x[i])
-    for i in range(m):
-        out[i] = out[i] * scale[i]
-
-
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _log1p_unit(y):
     """log(1 + y) for y in [0, 1], float32: 2 atanh(s), s = y / (2 + y) <= 1/3."""
     s = y / (_F32(2.0) + y)
@@ -181,11 +86,11 @@ def _log1p_unit(y):
     q = q * s2 + _F32(1.0 / 7.0)
     q = q * s2 + _F32(1.0 / 5.0)
     q = q * s2 + _F32(1.0 / 3.0)
-    q = q * s2 + _ONE
+    q = q * s2 + ONE
     return _F32(2.0) * s * q
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _prepass(delta, z, bias_d, b, d, t0, m, softplus, has_z, need_dsig,
              dtb, dsig, zsig, tmp, bits):
     """Per-position scalars of one channel's chunk, vectorised over positions.
@@ -200,14 +105,14 @@ def _prepass(delta, z, bias_d, b, d, t0, m, softplus, has_z, need_dsig,
     if softplus:
         for i in range(m):
             tmp[i] = -abs(dl[i] + bias_d)
-        _vexp(tmp, tmp, bits, m)  # e = exp(-|x|) in (0, 1]
+        vexp(tmp, tmp, bits, m)  # e = exp(-|x|) in (0, 1]
         for i in range(m):
-            dtb[i] = max(dl[i] + bias_d, _ZERO) + _log1p_unit(tmp[i])
+            dtb[i] = max(dl[i] + bias_d, ZERO) + _log1p_unit(tmp[i])
         if need_dsig:
             for i in range(m):
                 e = tmp[i]
-                r = _ONE / (_ONE + e)
-                dsig[i] = r if dl[i] + bias_d >= _ZERO else e * r
+                r = ONE / (ONE + e)
+                dsig[i] = r if dl[i] + bias_d >= ZERO else e * r
     else:
         for i in range(m):
             dtb[i] = dl[i] + bias_d
@@ -215,9 +120,9 @@ def _prepass(delta, z, bias_d, b, d, t0, m, softplus, has_z, need_dsig,
         zl = z[b, d, t0:t0 + m]  # (m,)
         for i in range(m):
             tmp[i] = -zl[i]
-        _vexp(tmp, tmp, bits, m)
+        vexp(tmp, tmp, bits, m)
         for i in range(m):
-            zsig[i] = _ONE / (_ONE + tmp[i])
+            zsig[i] = ONE / (ONE + tmp[i])
 
 
 @njit(inline="always", error_model="numpy")
@@ -230,7 +135,7 @@ def _group_at(bd, hi, dim, per_group):
     return b, d0, g, min(_KG, hi - bd, (g + 1) * per_group - d0)
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _group_bufs(chunk, N):
     """The per-thread buffers of a channel group (see `_group_states`, `_bwd_group`)."""
     W = _KG * N
@@ -251,7 +156,7 @@ def _group_bufs(chunk, N):
     )
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _group_states(u, delta, z, B2, A, bias, keep, h0, b, d0, kk, t0, m,
                   softplus, has_z, has_keep, need_dsig, bufs):
     """The states of one chunk for channels d0 .. d0+kk-1 of batch row b (one B/C group).
@@ -285,13 +190,13 @@ def _group_states(u, delta, z, B2, A, bias, keep, h0, b, d0, kk, t0, m,
             dt = dtb[k, i]
             for n in range(N):
                 a3[i, k, n] = dt * Ad[n]
-    _vexp(a_, a_, abits, m * W)
+    vexp(a_, a_, abits, m * W)
     if has_keep:
         for i in range(m):
             if keep[b, t0 + i] == 0:
                 for k in range(kk):
                     for n in range(N):
-                        a3[i, k, n] = _ZERO
+                        a3[i, k, n] = ZERO
     for k in range(kk):
         hk = h0[b, d0 + k]  # (N,)
         for n in range(N):
@@ -304,7 +209,7 @@ def _group_states(u, delta, z, B2, A, bias, keep, h0, b, d0, kk, t0, m,
     return a3, h3
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
+@njit(parallel=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def _scan_fwd_kernel(
     u, delta, z, Bt, Ct, A, D, bias, keep, state, out, saved,
     has_z, has_keep, softplus, save, chunk, n_parts,
@@ -350,7 +255,7 @@ def _scan_fwd_kernel(
                 C2 = Ct[b, g, t0:t1]  # (m, N)
                 if kk == _KG:  # y = C.h of the 4 channels in one loop over N per position
                     for i in range(m):
-                        y0, y1, y2, y3 = _ZERO, _ZERO, _ZERO, _ZERO
+                        y0, y1, y2, y3 = ZERO, ZERO, ZERO, ZERO
                         for n in range(N):
                             cn = C2[i, n]
                             y0 += h3[i + 1, 0, n] * cn
@@ -361,7 +266,7 @@ def _scan_fwd_kernel(
                 else:
                     for k in range(kk):
                         for i in range(m):
-                            acc = _ZERO
+                            acc = ZERO
                             for n in range(N):
                                 acc += h3[i + 1, k, n] * C2[i, n]
                             yv[k, i] = acc
@@ -384,7 +289,7 @@ def _scan_fwd_kernel(
                 bd += kk
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _bwd_group(
     ins, outs, B2, C2, A, D, bias, keep, saved_c, carry, gB2, gC2, gA64, gD64, gbias64,
     has_z, has_keep, softplus, b, d0, kk, t0, m, bufs,
@@ -423,7 +328,7 @@ def _bwd_group(
     if kk == _KG:  # all 4 channels in one loop over N: one store of dC per position
         for i in range(m):
             q0, q1, q2, q3 = gyv[0, i], gyv[1, i], gyv[2, i], gyv[3, i]
-            y0, y1, y2, y3 = _ZERO, _ZERO, _ZERO, _ZERO
+            y0, y1, y2, y3 = ZERO, ZERO, ZERO, ZERO
             for n in range(N):
                 cn = C2[i, n]
                 x0, x1, x2, x3 = h3[i + 1, 0, n], h3[i + 1, 1, n], h3[i + 1, 2, n], h3[i + 1, 3, n]
@@ -437,7 +342,7 @@ def _bwd_group(
         for i in range(m):
             for k in range(kk):
                 gy = gyv[k, i]
-                acc = _ZERO
+                acc = ZERO
                 for n in range(N):
                     hn = h3[i + 1, k, n]
                     acc += hn * C2[i, n]
@@ -453,7 +358,7 @@ def _bwd_group(
             gzl = gz[b, d, t0:t0 + m]  # (m,)
             for i in range(m):
                 sz = zsig[k, i]
-                gzl[i] = gol[i] * (yv[k, i] + Dd * ul[i]) * sz * (_ONE + zl[i] * (_ONE - sz))
+                gzl[i] = gol[i] * (yv[k, i] + Dd * ul[i]) * sz * (ONE + zl[i] * (ONE - sz))
     # 4) adjoint recurrence g_t = a_{t+1} g_{t+1} + gy_t C_t, t descending
     for k in range(kk):
         gh = carry[b, d0 + k]  # (N,)
@@ -487,7 +392,7 @@ def _bwd_group(
         Dd = D[d]
         gAk = gA_[k]  # (N,)
         for n in range(N):
-            gAk[n] = _ZERO
+            gAk[n] = ZERO
         ul = u[b, d, t0:t0 + m]  # (m,)
         gul = gu[b, d, t0:t0 + m]  # (m,)
         gdl = gdelta[b, d, t0:t0 + m]  # (m,)
@@ -495,8 +400,8 @@ def _bwd_group(
         gb_acc = 0.0
         for i in range(m):
             dt = dtb[k, i]
-            s_bu = _ZERO  # sum_n g_n B_n
-            s_ga = _ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
+            s_bu = ZERO  # sum_n g_n B_n
+            s_ga = ZERO  # sum_n g_n h_{t-1,n} a_n A_n: d/d dt through exp
             for n in range(N):
                 gn = g3[i, k, n]
                 ga = gn * h3[i, k, n] * a3[i, k, n]
@@ -518,7 +423,7 @@ def _bwd_group(
         gbias64[b, d] += gb_acc
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
+@njit(parallel=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def _scan_bwd_kernel(
     u, delta, z, Bt, Ct, A, D, bias, keep, saved, gout,
     gu, gdelta, gz, gBt, gCt, gA64, gD64, gbias64, carry,
@@ -584,8 +489,8 @@ def _scan_bwd_kernel(
                 oB = gBt[b, g, s0 + j]  # (N,)
                 oC = gCt[b, g, s0 + j]  # (N,)
                 for n in range(N):
-                    oB[n] = _ZERO
-                    oC[n] = _ZERO
+                    oB[n] = ZERO
+                    oC[n] = ZERO
                 for p in range(n_parts):
                     sB = gBp[p, b, g, j]  # (N,)
                     sC = gCp[p, b, g, j]  # (N,)
@@ -594,9 +499,9 @@ def _scan_bwd_kernel(
                     for n in range(N):
                         oC[n] += sC[n]
                     for n in range(N):
-                        sB[n] = _ZERO
+                        sB[n] = ZERO
                     for n in range(N):
-                        sC[n] = _ZERO
+                        sC[n] = ZERO
 
 
 # ----------------------------------------------------------------------------- host side
@@ -615,11 +520,6 @@ def _dense(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _empty(*x.shape, dtype=dtype).copy_(x)
 
 
-def _n_parts(channels: int) -> int:
-    """Blocks of channels the kernels split the work into: one per numba thread."""
-    return max(1, min(numba.get_num_threads(), channels))
-
-
 def _span(chunk: int, rows: int, L: int) -> int:
     """Positions between the backward's barriers: a multiple of `chunk`, with each thread's
     dB/dC share (rows = batch*groups*N floats per position, two of them) <= ~1 MB."""
@@ -628,15 +528,13 @@ def _span(chunk: int, rows: int, L: int) -> int:
 
 
 # Output tensors of (batch, dim, L) (and at a megabase the B/C copies and chunk states) are
-# fresh memory on every call: tens of MiB, which glibc
-# maps anew each time (they pass its mmap threshold), so the kernel that first writes them
-# also takes one page fault per 4 KiB (8,192 for 32 MiB). Where transparent huge pages are
-# available on request (Linux, /sys/kernel/mm/transparent_hugepage/enabled = madvise, the
-# common default), `_empty` asks for 2 MiB pages on the aligned inside of such a tensor:
-# 512x fewer faults. Measured at dim 512, L 16k (one process, alternating, min of 6): backward
-# 0.230 -> 0.195 s, forward 0.110 -> 0.096 s. Speed only: the memory is the same bytes, and
-# where the kernel refuses (THP "never", not Linux) nothing changes.
-# MAMBA_DNA_HUGEPAGES=0 turns it off.
+# fresh memory on every call: tens of MiB, which glibc maps anew each time (they pass its
+# mmap threshold), so the kernel that first writes them also takes one page fault per 4 KiB
+# (8,192 for 32 MiB). Where transparent huge pages are available on request (Linux,
+# /sys/kernel/mm/transparent_hugepage/enabled = madvise, the common default), `_empty` asks
+# for 2 MiB pages on the aligned inside of such a tensor: 512x fewer faults. Speed only: the
+# memory is the same bytes, and where the kernel refuses (THP "never", not Linux) nothing
+# changes. MAMBA_DNA_HUGEPAGES=0 turns it off.
 _HUGE = sys.platform.startswith("linux") and os.environ.get("MAMBA_DNA_HUGEPAGES", "1") != "0"
 # glibc's largest mmap threshold: allocations this large are always freshly mapped, smaller
 # ones come back from its heap after the first free (their pages are then already there).
@@ -740,7 +638,7 @@ def _forward(P: _Prepared, initial_state, softplus: bool, save: bool, chunk: int
             _np(P.u), _np(P.delta), _np(P.z), _np(P.Bt), _np(P.Ct), _np(P.A), _np(P.D),
             _np(P.bias), _np(P.keep), _np(state), _np(out), _np(saved),
             P.has_z, P.has_keep, bool(softplus), bool(save), int(chunk),
-            _n_parts(batch * dim),
+            parts_for(batch * dim),
         )
     return out, state, saved
 
@@ -785,7 +683,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
                 _np(gu), _np(gdelta), _np(gz), _np(gBt), _np(gCt), _np(gA64), _np(gD64),
                 _np(gb64), _np(carry),
                 P.has_z, P.has_keep, ctx.softplus, int(ctx.chunk),
-                ctx.span or _span(ctx.chunk, batch * G * N, L), _n_parts(batch * dim),
+                ctx.span or _span(ctx.chunk, batch * G * N, L), parts_for(batch * dim),
             )
         ctx.P = ctx.saved_states = None  # free early
 
@@ -841,10 +739,7 @@ def selective_scan_cpu(
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   return_last_state, initial_state=initial_state,
                                   seq_idx=seq_idx)
-    global _THREADS_SET
-    if not _THREADS_SET:  # once: no more numba threads than CPUs we may run on
-        set_threads_from_affinity()
-        _THREADS_SET = True
+    ensure_threads()  # once: no more numba threads than CPUs we may run on
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, dim, L), got {tuple(u.shape)}")
     if chunk < 1 or (span is not None and (span < chunk or span % chunk)):

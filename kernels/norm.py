@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from mamba_dna.kernels.cpu import _FASTMATH, _n_parts, set_threads_from_affinity
 from numba import njit, prange
+
+from mamba_dna.kernels._numba import FASTMATH, ensure_threads, parts_for
 
 __all__ = ["rms_norm_cpu", "rms_norm_ref"]
 
@@ -31,7 +32,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> to
     return (xf * weight.float()).to(x.dtype)
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
+@njit(parallel=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def _rms_fwd_kernel(x, w, eps, y, r, n_parts):  # pragma: no cover - compiled
     """x, y (rows, d) f32; w (d,); r (rows,) out: 1 / rms of each row."""
     rows, d = x.shape
@@ -48,7 +49,7 @@ def _rms_fwd_kernel(x, w, eps, y, r, n_parts):  # pragma: no cover - compiled
                 yi[j] = xi[j] * ri * w[j]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True, error_model="numpy")
+@njit(parallel=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def _rms_bwd_kernel(x, w, r, g, gx, gw64, n_parts):  # pragma: no cover - compiled
     """g, gx (rows, d); gw64 (n_parts, d) float64 partial sums of dLoss/dw."""
     rows, d = x.shape
@@ -88,7 +89,7 @@ class _RMSNorm(torch.autograd.Function):
         r = torch.empty(xf.shape[0])  # (rows,)
         if xf.shape[0]:
             _rms_fwd_kernel(xf.numpy(), wf.numpy(), np.float32(eps), y.numpy(), r.numpy(),
-                            _n_parts(xf.shape[0]))
+                            parts_for(xf.shape[0]))
         ctx.save_for_backward(xf, wf, r)
         ctx.meta = (shape, x.dtype, weight.dtype)
         return y.reshape(shape).to(x.dtype)
@@ -100,15 +101,12 @@ class _RMSNorm(torch.autograd.Function):
         rows, d = xf.shape
         g = gy.to(torch.float32).reshape(rows, d).contiguous()  # (rows, d)
         gx = torch.empty_like(xf)
-        parts = _n_parts(max(rows, 1))
+        parts = parts_for(max(rows, 1))
         gw64 = torch.zeros(parts, d, dtype=torch.float64)
         if rows:
             _rms_bwd_kernel(xf.numpy(), wf.numpy(), r.numpy(), g.numpy(), gx.numpy(),
                             gw64.numpy(), parts)
         return gx.reshape(shape).to(xdt), gw64.sum(0).to(wdt), None
-
-
-_THREADS_SET = False
 
 
 def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -117,8 +115,5 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> to
         raise ValueError(f"weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
     if x.device.type != "cpu":
         return rms_norm_ref(x, weight, eps)
-    global _THREADS_SET
-    if not _THREADS_SET:
-        set_threads_from_affinity()
-        _THREADS_SET = True
+    ensure_threads()
     return _RMSNorm.apply(x, weight, float(eps))

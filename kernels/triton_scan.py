@@ -50,8 +50,6 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 # Defaults: what the interpreter runs and what the compile test checks for sm_80 / sm_90.

@@ -37,6 +37,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -77,6 +78,8 @@ class ModelConfig(MambaConfig):
     `external_ids` (tokenizer "external"): for each of our 9 token ids the model's id, -1
     where the model has none.
     """
+
+    READS_ARCHITECTURES: ClassVar[tuple[str, ...]] = ("MambaLM", ARCHITECTURE)
 
     bidirectional: bool = False
     bidirectional_strategy: str = "add"
@@ -201,6 +204,12 @@ class BiMamba(nn.Module):
         tile = _cpu_tile_tokens(b, nd * di, L, u.device) or max(L, 1)
         conv_state = ssm_state = None
         outs_f, outs_r = [], []
+        # without autograd both directions accumulate into one (batch, L, d) buffer, tile by
+        # tile (add: from zeros, ew_multiply: from ones), instead of two lists, two cats and a sum
+        lean = not torch.is_grad_enabled()
+        if lean:
+            init = torch.zeros if (nd == 1 or self.strategy == "add") else torch.ones
+            acc = init(b, L, d, dtype=u.dtype, device=u.device)  # (batch, L, d)
         for s in range(0, L, tile):
             e = min(L, s + tile)
             T = e - s
@@ -233,9 +242,23 @@ class BiMamba(nn.Module):
             conv_state = new_conv
             o = torch.bmm(y.view(n, di, T).transpose(1, 2), w_out.to(y.dtype))  # (n, T, d)
             o = o.view(b, nd, T, d)
-            outs_f.append(o[:, 0] if out_b[0] is None else o[:, 0] + out_b[0])
-            if nd == 2:
-                outs_r.append(o[:, 1] if out_b[1] is None else o[:, 1] + out_b[1])
+            of = o[:, 0] if out_b[0] is None else o[:, 0] + out_b[0]  # (batch, T, d), positions [s, e)
+            orv = None
+            if nd == 2:  # (batch, T, d) in scan time: positions L-s-1 down to L-e
+                orv = o[:, 1] if out_b[1] is None else o[:, 1] + out_b[1]
+            if not lean:
+                outs_f.append(of)
+                if orv is not None:
+                    outs_r.append(orv)
+            elif nd == 1 or self.strategy == "add":
+                acc[:, s:e] += of
+                if orv is not None:
+                    acc[:, L - e:L - s] += orv.flip(1)
+            else:
+                acc[:, s:e] *= of
+                acc[:, L - e:L - s] *= orv.flip(1)
+        if lean:
+            return acc
         out = torch.cat(outs_f, 1) if len(outs_f) > 1 else outs_f[0]  # (batch, L, d)
         if nd == 1:
             return out
@@ -274,6 +297,16 @@ class CaduceusBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------- the LM
+
+
+def weight_problems(missing: list[str], unexpected: list[str], misshaped: list[str]) -> str:
+    """'missing: a, b; unexpected: c; mis-shaped: d (2,) (expected (3,))', '' when all match."""
+    problems = []
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if names:
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            problems.append(f"{what}: {shown}")
+    return "; ".join(problems)
 
 
 class CaduceusLM(nn.Module):
@@ -549,13 +582,9 @@ class CaduceusLM(nn.Module):
         unexpected = sorted(set(sd) - set(own))
         misshaped = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
                            for k in set(own) & set(sd) if tuple(sd[k].shape) != tuple(own[k].shape))
-        problems = []
-        for what, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if names:
-                shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-                problems.append(f"{what}: {shown}")
+        problems = weight_problems(missing, unexpected, misshaped)
         if problems:
-            raise InputError(f"{where}: weights do not match the config: " + "; ".join(problems))
+            raise InputError(f"{where}: weights do not match the config: {problems}")
         for k, v in sd.items():
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise InputError(f"{where}: tensor {k} has non-finite values (NaN or inf)")

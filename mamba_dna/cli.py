@@ -29,6 +29,7 @@ app = typer.Typer(
         "Start with `mamba-dna demo` to see everything run on real genomes."
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,  # help strings render as written: "[--window]" is text, not markup
     pretty_exceptions_show_locals=False,  # locals would dump tensors into batch-job logs
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -37,7 +38,7 @@ app = typer.Typer(
 
 def _command_group(name: str, help_text: str) -> typer.Typer:
     """A sub-command group (`mamba-dna NAME ...`) registered on the app."""
-    group = typer.Typer(help=help_text, no_args_is_help=True,
+    group = typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None,
                         context_settings={"help_option_names": ["-h", "--help"]})
     app.add_typer(group, name=name)
     return group
@@ -143,17 +144,20 @@ def tokenize(
 
 @app.command()
 def convert(
-    src: str = typer.Argument(..., help="Checkpoint directory (config.json + weights)."),
+    src: str = typer.Argument(..., help="Checkpoint directory (config.json + weights) or hf:ORG/NAME[@REV]."),
     out: str = typer.Argument(..., help="Output model directory (mamba-dna format)."),
-    from_: str = typer.Option("auto", "--from", help="Source layout: mamba_ssm, transformers or auto."),
+    from_: str = typer.Option("auto", "--from", help="Source layout: mamba_ssm, transformers, caduceus or auto."),
     tokenizer: str = typer.Option(
         "auto", help="dna (ids are mamba-dna's nucleotide ids), external (any other vocab) or auto."
     ),
     dtype: str = typer.Option("float32", help="Weights dtype: float32, bfloat16 or float16."),
 ) -> None:
-    """Import a state-spaces/mamba (mamba_ssm) or HuggingFace transformers Mamba checkpoint.
+    """Import a state-spaces/mamba (mamba_ssm), HuggingFace transformers Mamba, or Caduceus /
+    PlantCaduceus checkpoint (never running the checkpoint's own code).
 
     Example:  mamba-dna convert ./mamba-130m-hf ./models/mamba-130m --from transformers
+
+    Example:  mamba-dna convert hf:kuleshov-group/PlantCaduceus_l20 ./models/plantcaduceus-l20
     """
     from mamba_dna.convert import convert as _convert
     from mamba_dna.log import info as _info
@@ -558,7 +562,15 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user mistakes become one line and an exit code."""
+    """Console-script entry point: user mistakes become one line and an exit code.
+
+    SIGTERM raises `fsutil.Terminated` so partial outputs are cleaned up (exit 143); Ctrl-C
+    prints "interrupted" (exit 130); an OSError (permission, read-only or full disk, ...) is
+    one line naming the path, exit 2 (set MAMBA_DNA_DEBUG=1 for its traceback).
+    """
+    from mamba_dna.fsutil import Terminated, os_error_message, terminate_as_exception
+
+    terminate_as_exception()
     try:
         rc = app(args=argv, standalone_mode=False)
     except MambaDNAError as e:
@@ -567,15 +579,29 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("mamba-dna: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("mamba-dna: terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(143)
+    except OSError as e:
+        if os.environ.get("MAMBA_DNA_DEBUG"):
+            raise
+        print(f"mamba-dna: error: {os_error_message(e, action='access')}", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:
         # Usage errors from the (vendored) click layer: print click's message, exit 2.
         if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
         if type(e).__name__ == "Abort":
+            # click turns Ctrl-C into Abort (the KeyboardInterrupt is its __context__)
+            if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+                print("mamba-dna: interrupted", file=sys.stderr)
+                sys.exit(130)
             print("mamba-dna: aborted", file=sys.stderr)
             sys.exit(1)
         raise
+    if rc == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into Exit(130)
+        print("mamba-dna: interrupted", file=sys.stderr)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

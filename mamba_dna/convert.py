@@ -11,6 +11,11 @@
 Pickled checkpoints are read with `torch.load(..., weights_only=True)` only. The result is a
 regular model directory (`MambaLM.save_pretrained`). Only Mamba-1 blocks are supported; a
 checkpoint with attention layers, MLPs or Mamba-2 mixers is refused with the reason.
+
+    Caduceus / PlantCaduceus directory (config.json model_type "caduceus", or an
+    hf:ORG/NAME[@REV] id): read by `mamba_dna.load.load_caduceus_dir` (tied tensors re-tied,
+    the vocabulary from the tokenizer files, no *.py ever read) and saved as a mamba-dna
+    CaduceusLM directory.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from mamba_dna.fsutil import read_json_object
 from mamba_dna.model import DNA_TOKENIZER, MambaConfig, MambaLM
 from mamba_dna.tokenizer import VOCAB_SIZE, TokenizerSpec
 
-FORMATS = ("auto", "mamba_ssm", "transformers")
+FORMATS = ("auto", "mamba_ssm", "transformers", "caduceus")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -38,11 +43,13 @@ def _read_config(src: Path) -> dict:
 
 
 def detect_format(src: str | os.PathLike) -> str:
-    """'mamba_ssm' or 'transformers', from config.json's keys."""
+    """'mamba_ssm', 'transformers' or 'caduceus', from config.json's keys."""
     src = Path(src)
     d = _read_config(src)
-    if d.get("architecture") == "MambaLM":
-        raise InputError(f"{src}: already a mamba-dna model directory (load it with MambaLM.from_pretrained)")
+    if d.get("architecture") in ("MambaLM", "CaduceusLM"):
+        raise InputError(f"{src}: already a mamba-dna model directory (every --model accepts it as it is)")
+    if d.get("model_type") == "caduceus":
+        return "caduceus"
     if d.get("model_type") == "mamba" or "hidden_size" in d or "MambaForCausalLM" in d.get("architectures", []):
         return "transformers"
     if "d_model" in d and "n_layer" in d:
@@ -193,13 +200,18 @@ def convert(
     fmt: str = "auto",
     tokenizer: str = "auto",
     dtype: str = "float32",
-) -> MambaLM:
-    """Load a mamba_ssm / transformers checkpoint as a MambaLM; save it to `out` if given.
+) -> torch.nn.Module:
+    """Load a mamba_ssm / transformers checkpoint as a MambaLM, or a Caduceus checkpoint as a
+    CaduceusLM; save it to `out` if given.
 
     tokenizer: "dna" (the ids are this package's nucleotide ids), "external" (any other
     vocabulary; no tokenizer.json is written) or "auto" ("dna" only when the source holds our
     tokenizer.json).
     """
+    if str(src).startswith("hf:"):
+        from mamba_dna.load import model_dir
+
+        src = model_dir(src)
     src = Path(src)
     if fmt not in FORMATS:
         raise ConfigError(f"--from {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -209,6 +221,13 @@ def convert(
         raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if fmt == "auto":
         fmt = detect_format(src)
+    if fmt == "caduceus":
+        from mamba_dna.load import load_caduceus_dir
+
+        model = load_caduceus_dir(src, map_location="cpu").to(DTYPES[dtype])
+        if out is not None:
+            model.save_pretrained(out)
+        return model
     raw = _read_config(src)
     where = str(src / "config.json")
     try:

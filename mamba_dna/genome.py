@@ -50,7 +50,10 @@ __all__ = [
     "GenomeWindows",
     "Region",
     "Window",
+    "bed_strand",
     "cache_dir",
+    "fai_mismatch",
+    "parse_region",
     "read_bed",
     "split_of",
 ]
@@ -223,6 +226,56 @@ def _write_fai(dest: Path, recs: Sequence[FaiRecord]) -> None:
     _publish(dest)
 
 
+_SPACE = b" \t\r\n"
+_PROBE = 1 << 16  # bytes read around a record boundary when checking an index
+
+
+def fai_mismatch(recs: Sequence[FaiRecord], read, size: int | None = None) -> str | None:
+    """Why the .fai records `recs` do not describe a FASTA; None when they do.
+
+    `read(offset, n) -> bytes` reads the (uncompressed) file; `size` is its length when
+    known (plain files). Checked for every record, in O(records) reads: its header line
+    ends exactly where the sequence starts and names the record; the line layout is
+    possible; the first and last line breaks sit where the widths say; only whitespace
+    lies between the record's last base and the next header (or the end of the file).
+    A stale index (a replaced file, a truncated or grown record, renamed or reordered
+    records) fails at least one of these, whatever the files' modification times say.
+    """
+    if not recs:
+        return "it lists no records"
+    prev_end = 0
+    for r in recs:
+        lb, lw, n = r.linebases, r.linewidth, r.length
+        if n < 1 or lb < 1 or lw - lb not in (1, 2) or r.offset < prev_end + 2:
+            return f"record {r.name!r}: impossible layout (length {n}, offset {r.offset})"
+        lo = max(prev_end, r.offset - _PROBE)
+        head = read(lo, r.offset - lo)  # ... [gap] >name description\n
+        if not head.endswith(b"\n"):
+            return f"record {r.name!r}: no header line ends at offset {r.offset}"
+        hs = head.rfind(b"\n", 0, len(head) - 1) + 1
+        if hs == 0 and lo > prev_end:
+            return f"record {r.name!r}: header line longer than {_PROBE} bytes"
+        words = head[hs:].rstrip(b"\r\n")[1:].split(maxsplit=1)
+        if not head[hs:].startswith(b">") or not words or words[0] != r.name.encode():
+            return f"record {r.name!r}: the header at offset {lo + hs} is {head[hs:hs + 40]!r}"
+        if head[:hs].strip(_SPACE):
+            return f"record {r.name!r}: sequence bytes before its header (a longer previous record?)"
+        eol = b"\n" if lw - lb == 1 else b"\r\n"
+        last_line = (n - 1) // lb
+        if last_line and read(r.offset + lb, lw - lb) != eol:
+            return f"record {r.name!r}: no line break after the first {lb} bases"
+        if last_line > 1 and read(r.offset + last_line * lw - (lw - lb), lw - lb) != eol:
+            return f"record {r.name!r}: no line break before its last line"
+        prev_end = r.offset + last_line * lw + (n - 1) % lb + 1  # just past the last base
+        nxt = read(prev_end, 2)
+        if nxt and not nxt.startswith((b"\n", b"\r\n")):
+            return f"record {r.name!r}: sequence continues past its {n:,} bases"
+    tail = read(prev_end, _PROBE)
+    if tail.strip(_SPACE) or len(tail) == _PROBE or (size is not None and prev_end + len(tail) != size):
+        return "the file continues after the last record the index lists"
+    return None
+
+
 def _line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (exclusive, before '\\n') byte offsets of every line; int64 (n_lines,)."""
     nl = [
@@ -345,6 +398,29 @@ def _read_lines(mm, rec: FaiRecord, start: int, end: int) -> bytes:
     return out[a : a + end - start].tobytes()
 
 
+def _bgzf_reader(fx):
+    """read(offset, n) -> bytes at an uncompressed offset of a BGZF file open in pyfaidx
+    (the .gzi maps uncompressed offsets to blocks, as pyfaidx's own fetch does)."""
+    from bisect import bisect_right
+
+    from pyfaidx import make_virtual_offset
+
+    blocks = fx.gzi_index  # BgzfBlock(cstart, clen, ustart, ulen), by ustart
+    ustarts = [b.ustart for b in blocks]
+
+    def read(offset: int, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        b = blocks[max(0, bisect_right(ustarts, offset) - 1)]
+        try:
+            fx.file.seek(make_virtual_offset(b.cstart, offset - b.ustart))
+            return fx.file.read(n)
+        except (ValueError, OSError):  # beyond the file or its blocks
+            return b""
+
+    return read
+
+
 # ----------------------------------------------------------------------------- aliases
 
 
@@ -428,12 +504,20 @@ class Genome:
         return cache_dir() / "index" / f"{_source_key(data)}.{data.name}{suffix}"
 
     def _fresh_fai(self, data: Path) -> list[FaiRecord] | None:
-        """An existing, up-to-date .fai beside the file or in the cache, if any."""
+        """An existing .fai beside the file or in the cache that is proven to describe the
+        file (`fai_mismatch`: never trusted by modification time alone)."""
         for fai in (data.with_name(data.name + ".fai"), self._cached_index(data, ".fai")):
-            if fai.exists() and fai.stat().st_mtime_ns >= data.stat().st_mtime_ns:
-                recs = _read_fai(fai)
-                if recs is not None:
-                    return recs
+            if not fai.exists():
+                continue
+            recs = _read_fai(fai)
+            if recs is None:
+                continue
+            buf = self._map(data)
+            why = fai_mismatch(recs, lambda o, n: buf[o : o + n].tobytes(), len(buf))
+            del buf
+            if why is None:
+                return recs
+            log.info(f"{fai}: does not describe {data} ({why}); re-indexing")
         return None
 
     def _index_plain(self) -> list[FaiRecord]:
@@ -465,7 +549,7 @@ class Genome:
                 _write_fai(self._cached_index(data, ".fai"), scan.recs)
             return scan.recs
 
-    def _open_bgzf(self) -> list[FaiRecord] | None:
+    def _open_bgzf(self, retry: bool = True) -> list[FaiRecord] | None:
         """BGZF through pyfaidx; None when pyfaidx cannot index it (fall back to the cache)."""
         import pyfaidx
 
@@ -488,9 +572,22 @@ class Genome:
         for name, ir in fx.index.items():
             recs.append(FaiRecord(name, ir.rlen, ir.offset, ir.lenc, ir.lenb))
             if ir.rlen == 0:
+                fx.close()
                 raise InputError(f"{self.path}: record {name!r} has no sequence")
         if not recs:
+            fx.close()
             raise InputError(f"{self.path}: no FASTA records found; expected '>name' headers")
+        why = fai_mismatch(recs, _bgzf_reader(fx))
+        if why is not None:  # pyfaidx trusts an index by its mtime: rebuild it once
+            fx.close()
+            if retry:
+                log.info(f"{fai}: does not describe {self.path} ({why}); re-indexing")
+                for p in (fai, gzi):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                return self._open_bgzf(retry=False)
+            log.info(f"{self.path}: a fresh BGZF index still fails its check ({why}); using the cache")
+            return None
         self._faidx = fx
         return recs
 
@@ -670,6 +767,7 @@ def read_bed(path: str | os.PathLike, genome: Genome | None = None) -> list[Regi
                 ) from None
             if s < 0 or e <= s:
                 raise InputError(f"{path}: line {i}: start {s} / end {e}: expected 0 <= start < end")
+            bed_strand(f, path, i)  # column 6, when present, must be +, - or .
             if genome is not None:
                 try:
                     chrom = genome.resolve(chrom)
@@ -686,6 +784,44 @@ def read_bed(path: str | os.PathLike, genome: Genome | None = None) -> list[Regi
     if not out:
         raise InputError(f"{path}: no regions (empty BED)")
     return out
+
+
+def bed_strand(fields: Sequence[str], path, lineno: int) -> str:
+    """The strand of a BED line's fields: column 6 '+' or '-'; '.' or no column 6 is '+'.
+    Anything else is an InputError naming the file and line (never silently '+')."""
+    if len(fields) < 6 or fields[5].strip() in ("", "."):
+        return "+"
+    st = fields[5].strip()
+    if st not in ("+", "-"):
+        raise InputError(f"{path}: line {lineno}: strand (column 6) {st!r}: expected '+', '-' or '.'")
+    return st
+
+
+def parse_region(spec: str | None, names: Iterable[str] = (), opt: str = "--region"):
+    """'chrom:start-end' (1-based, inclusive; commas allowed) or 'chrom' -> (chrom, start0,
+    end0 half-open; whole contig: end = 2**62), None for no region.
+
+    A colon with no valid 'start-end' after it is a malformed region (ConfigError), not a
+    contig name, unless the whole text is one of `names` (contig names may hold colons).
+    """
+    import re
+
+    if not spec:
+        return None
+    text = spec.strip()
+    if text in set(names):
+        return text, 0, 1 << 62
+    m = re.fullmatch(r"([^:\s]+|.+):([\d,]+)-([\d,]+)", text)
+    if m is None:
+        if ":" in text or not text or any(c.isspace() for c in text):
+            raise ConfigError(f"{opt} {spec!r}: malformed region; expected chrom:start-end "
+                              "(1-based, inclusive, e.g. MT:100-200) or a contig name")
+        return text, 0, 1 << 62
+    chrom = m.group(1)
+    a, b = int(m.group(2).replace(",", "")), int(m.group(3).replace(",", ""))
+    if a < 1 or b < a:
+        raise ConfigError(f"{opt} {spec!r}: expected 1 <= start <= end (1-based, inclusive)")
+    return chrom, a - 1, b
 
 
 def _merge(regions: Iterable[Region]) -> list[Region]:

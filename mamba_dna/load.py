@@ -170,7 +170,7 @@ def load_caduceus_dir(directory: str | os.PathLike, map_location="cpu",
                       external_ids: list[int] | None = None):
     """A Caduceus hub directory -> CaduceusLM (eval mode). `external_ids` None: read the
     model's vocabulary from its tokenizer files (mamba_dna.vocab_map)."""
-    from mamba_dna.caduceus import CaduceusLM
+    from mamba_dna.caduceus import CaduceusLM, weight_problems
     from mamba_dna.fsutil import read_json_object
 
     d = Path(directory)
@@ -208,13 +208,9 @@ def load_caduceus_dir(directory: str | os.PathLike, map_location="cpu",
     missing = sorted(k for k in own if k not in sd and k not in tied_away)
     misshaped = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
                        for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape))
-    problems = []
-    for what, names in (("missing", missing), ("unexpected", sorted(unexpected)), ("mis-shaped", misshaped)):
-        if names:
-            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-            problems.append(f"{what}: {shown}")
+    problems = weight_problems(missing, sorted(unexpected), misshaped)
     if problems:
-        raise InputError(f"{wfile}: weights do not match {cpath}: " + "; ".join(problems))
+        raise InputError(f"{wfile}: weights do not match {cpath}: {problems}")
     model.load_weights({k: v for k, v in sd.items() if k not in tied_away}, where=wfile)
     if map_location is not None:
         model = model.to(map_location)

@@ -98,6 +98,13 @@ def layer_index(layer: int, n_layer: int, label: str | None = None, final: str =
 # --------------------------------------------------------------------------- config
 
 
+# what config.json's "architecture" may say for MambaConfig/MambaLM
+ARCHITECTURES = ("MambaLM",)
+_BOOL_FIELDS = ("conv_bias", "bias", "rms_norm", "residual_in_fp32", "tie_embeddings",
+                "rescale_prenorm_residual", "gradient_checkpointing", "selective")
+_FLOAT_FIELDS = ("dt_min", "dt_max", "dt_scale", "dt_init_floor", "norm_eps", "initializer_range")
+
+
 @dataclass
 class MambaConfig:
     """Hyper-parameters of a MambaLM; stored as config.json beside the weights.
@@ -142,6 +149,17 @@ class MambaConfig:
             raise ConfigError(f"MambaConfig: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if self.dt_init not in ("random", "constant"):
             raise ConfigError(f"MambaConfig.dt_init={self.dt_init!r}: expected 'random' or 'constant'")
+        for name in _BOOL_FIELDS:  # "false" (a string) is truthy: refuse it
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ConfigError(f"MambaConfig.{name}={v!r}: expected true or false (a JSON boolean)")
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"MambaConfig.{name}={v!r}: expected a finite number")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"MambaConfig.norm_eps={self.norm_eps!r}: expected a positive number "
+                              "(the normalisation divides by sqrt(mean + eps))")
         if self.tokenizer == DNA_TOKENIZER and self.vocab_size < VOCAB_SIZE:
             raise ConfigError(
                 f"MambaConfig.vocab_size={self.vocab_size} is smaller than the DNA vocabulary "
@@ -162,13 +180,21 @@ class MambaConfig:
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> MambaConfig:
         known = {f.name for f in fields(cls)}
+        arch = d.get("architecture", "MambaLM")
+        readable = getattr(cls, "READS_ARCHITECTURES", ARCHITECTURES)  # a subclass reads more
+        if arch not in readable:
+            raise ConfigError(f"{where}: field \"architecture\" is {arch!r}; this loader reads "
+                              f"{' or '.join(readable)}")
         extra = sorted(set(d) - known - {"mamba_dna_version", "architecture"})
         if extra:
             raise ConfigError(
                 f"{where}: unknown MambaConfig field(s) {', '.join(extra)}",
                 hint=f"known fields: {', '.join(sorted(known))}",
             )
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except ConfigError as e:  # name the file the bad value came from
+            raise ConfigError(f"{where}: {e}", hint=e.hint) from None
 
     def to_json(self) -> str:
         d = {"architecture": "MambaLM", **self.to_dict(), "mamba_dna_version": __version__}
@@ -632,6 +658,10 @@ class MambaLM(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if isinstance(map_location, (str, torch.device)):  # "tpu", "cuda:9": one line
+            from mamba_dna.device import resolve_device
+
+            map_location = resolve_device(map_location)
         d = Path(directory)
         if not d.is_dir():
             raise InputError(f"{d}: not a model directory (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
@@ -683,6 +713,13 @@ class MambaLM(nn.Module):
                 problems.append(f"{what}: {shown}")
         if problems:
             raise InputError(f"{where}: weights do not match the config: " + "; ".join(problems))
+        from mamba_dna.checks import nonfinite_count
+
+        for k in sorted(own):
+            bad = nonfinite_count(sd[k])
+            if bad:
+                raise InputError(f"{where}: tensor {k} holds {bad:,} non-finite value(s) "
+                                 f"(NaN/Inf) of {sd[k].numel():,}; the checkpoint is damaged")
         with torch.no_grad():
             for k, v in own.items():
                 v.copy_(sd[k].to(v.dtype))

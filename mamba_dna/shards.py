@@ -36,7 +36,7 @@ import numpy as np
 
 from mamba_dna import __version__, log
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.fsutil import atomic_dir, sha256_file, write_json
+from mamba_dna.fsutil import atomic_dir, guard_output, os_errors, output_lock, sha256_file, write_json
 from mamba_dna.genome import SPLITS, Genome, GenomeWindows, WindowSpec, read_bed
 from mamba_dna.tokenizer import TokenizerSpec
 
@@ -110,6 +110,37 @@ def write_shards(
     out_dir = Path(out_dir)
     if not fastas:
         raise ConfigError("no FASTA files given; expected at least one")
+    guard_output(out_dir, [*fastas, regions if isinstance(regions, (str, os.PathLike)) else None],
+                 directory=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is a file; expected a shard directory")
+    with output_lock(out_dir), os_errors(out_dir):
+        return _write_shards(fastas, out_dir, spec, regions=regions, invalid=invalid,
+                             splits=splits, overwrite=overwrite)
+
+
+def _check_plans(fastas, spec: WindowSpec, plans, bounds: dict) -> None:
+    """Refuse plans that would write padding instead of sequence, or an empty train split."""
+    longest = max((seg.end - seg.start for plan in plans for seg, _, _ in plan), default=0)
+    if spec.pad == "N" and longest < (1 - spec.max_n_fraction) * spec.length:
+        # every window would be mostly N padding, which --max-n-fraction exists to drop
+        raise ConfigError(
+            f"--window {spec.length:,}: the longest record or region in {', '.join(map(str, fastas))} "
+            f"is {longest:,} bp, so every window would be more than {spec.max_n_fraction:g} "
+            "N padding (--max-n-fraction)",
+            hint=f"use --window <= {longest:,} or raise --max-n-fraction")
+    if bounds["train"] == 0 and spec.val_fraction + spec.test_fraction < 1:
+        n_rec = sum(len({seg.chrom for seg, _, _ in plan}) for plan in plans)
+        held = ", ".join(f"{k} {v:,}" for k, v in bounds.items())
+        why = (f"--split-by record holds out whole records and the {n_rec} record(s) all fell in "
+               "val/test" if spec.split_by == "record" else "every block fell in val/test")
+        raise ConfigError(
+            f"{', '.join(map(str, fastas))}: no training windows ({held}): {why}",
+            hint="use --split-by block to split positions within records, or add records")
+
+
+def _write_shards(fastas, out_dir: Path, spec: WindowSpec, *, regions, invalid, splits,
+                  overwrite) -> dict:
     if out_dir.exists() and not overwrite:
         raise ConfigError(f"{out_dir}: already exists", hint="pass --overwrite to replace it")
     if out_dir.exists() and not (out_dir / "manifest.json").exists() and any(out_dir.iterdir()):
@@ -136,6 +167,7 @@ def write_shards(
     for plan in plans:
         for _seg, split, starts in plan:
             bounds[split] += (2 if spec.strands == "both" else 1) * len(starts)
+    _check_plans(fastas, spec, plans, bounds if "train" in splits else {**bounds, "train": 1})
     total_bases = sum(g.total_length for g in genomes)
     counts = dict.fromkeys(splits, 0)
     with atomic_dir(out_dir) as tmp:

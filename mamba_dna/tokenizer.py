@@ -85,7 +85,13 @@ class TokenizerSpec:
 
     @classmethod
     def check_json(cls, text: str, where: str = "tokenizer.json") -> TokenizerSpec:
-        d = json.loads(text)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: line {e.lineno}: not valid JSON ({e.msg}); expected "
+                             "the tokenizer.json that `save_pretrained` writes") from None
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: expected a JSON object")
         if d.get("kind") != cls.kind or list(d.get("vocab", [])) != VOCAB:
             raise InputError(
                 f"{where}: tokenizer {d.get('kind')!r} with vocab {d.get('vocab')} is not "

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +11,6 @@ import torch
 from mamba_dna.baselines import MarkovModel, best_markov, kmer_profile
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.tokenizer import N, encode, reverse_complement
-
-DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 
 
 def _lp(model, seq: str, state=None):
@@ -132,13 +128,12 @@ def test_kmer_profile_counts_and_strands():
     assert kmer_profile(encode("NNN"), 2).sum() == 0
 
 
-@pytest.mark.skipif(not (DATA / "species").is_dir(), reason="shared data not present")
-def test_real_bacterial_genome_markov6_near_facts():
+def test_real_bacterial_genome_markov6_near_facts(shared_data):
     import gzip
 
     from mamba_dna.tokenizer import encode_bytes
 
-    f = DATA / "species/bacteria/Helicobacter_pylori__G27.fna.gz"
+    f = shared_data / "species/bacteria/Helicobacter_pylori__G27.fna.gz"
     raw = b"".join(l.strip() for l in gzip.open(f) if not l.startswith(b">"))
     ids = encode_bytes(raw, invalid="N")
     n = int(ids.size * 0.9)

@@ -138,3 +138,20 @@ def test_cli_convert(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err and err.strip().count("\n") == 0
+
+
+def test_convert_caduceus_directory(shared_data, tmp_path):
+    """A Caduceus hub directory converts to a CaduceusLM directory with the same logits."""
+    from mamba_dna.load import load_model
+
+    src = shared_data / "models" / "caduceus_ps"
+    assert detect_format(src) == "caduceus"
+    out = tmp_path / "ps"
+    convert(src, out)
+    a, b = load_model(src), load_model(out)
+    assert type(b).__name__ == "CaduceusLM"
+    ids = torch.randint(4, 8, (1, 57))
+    with torch.no_grad():
+        torch.testing.assert_close(a(ids), b(ids), atol=1e-6, rtol=0)
+    with pytest.raises(InputError, match="already a mamba-dna model directory"):
+        convert(out, tmp_path / "again")

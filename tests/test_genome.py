@@ -20,7 +20,6 @@ from mamba_dna.genome import Genome, GenomeWindows, read_bed, split_of
 from mamba_dna.tokenizer import N, encode_bytes, reverse_complement
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures"
-DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)
@@ -334,10 +333,8 @@ def test_split_of_is_pure_and_uses_blocks():
 # ----------------------------------------------------------------------------- real data
 
 
-def test_real_ecoli_matches_biopython():
-    path = DATA / "species" / "bacteria" / "Escherichia_coli__DH1.fna.gz"
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (set MAMBA_DNA_DATA)")
+def test_real_ecoli_matches_biopython(shared_data):
+    path = shared_data / "species" / "bacteria" / "Escherichia_coli__DH1.fna.gz"
     from Bio import SeqIO
 
     with gzip.open(path, "rt") as fh:
@@ -377,13 +374,11 @@ def _fetch_module():
     return mod
 
 
-def test_shared_data_matches_manifest_checksums():
-    if not DATA.exists():
-        pytest.skip(f"real data not found at {DATA} (set MAMBA_DNA_DATA)")
+def test_shared_data_matches_manifest_checksums(shared_data):
     fetch = _fetch_module()
     assert set(fetch.read_manifest()) == set(fetch.SOURCES)  # every file has a source
-    assert fetch.verify(DATA, only="species/phage") == 0
-    assert fetch.verify(DATA, only="pretrain/human_chr20") == 0
+    assert fetch.verify(shared_data, only="species/phage") == 0
+    assert fetch.verify(shared_data, only="pretrain/human_chr20") == 0
 
 
 def test_fetch_transforms_and_deb_extraction(tmp_path, monkeypatch):

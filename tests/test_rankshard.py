@@ -60,16 +60,10 @@ def test_score_under_torchrun_equals_single_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_embed_under_torchrun_equals_single_run(tmp_path):
-    import torch
-
-    from mamba_dna.model import MambaConfig, MambaLM
-
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    MambaLM(MambaConfig(d_model=16, n_layer=1)).save_pretrained(model_dir)
+def test_embed_under_torchrun_equals_single_run(tmp_path, tiny_model_dir):
     single, multi = tmp_path / "single.h5", tmp_path / "multi.h5"
-    common = ["embed", "--fasta", str(FIXTURE), "--model", str(model_dir), "--window", "128", "--pool", "mean"]
+    common = ["embed", "--fasta", str(FIXTURE), "--model", str(tiny_model_dir), "--window", "128",
+              "--pool", "mean"]
     _cli(*common, "--out", str(single))
     r = _cli(*common, "--out", str(multi), torchrun=True)
     assert "merged 2 rank parts" in r.stderr

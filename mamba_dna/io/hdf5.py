@@ -53,11 +53,10 @@ Schema (format "mamba-dna-embeddings", format_version 1)::
                            4,096 rows, never more than the streamed piece), compressed as the
                            root attribute `compression` says; attribute `id`.
 
-Compression. Embeddings are float noise to a compressor: on a batch of 4 x 16,384 positions x
-128 float32 (34 MB) shuffle+gzip-1 saved 14% of the bytes for 0.71 s of CPU and shuffle+LZF 7%
-for 0.33 s, against a 0.81 s forward pass of that batch (bench/embed.py, quiet 2-core box;
-the export as a whole: none 1.10x the bare forward, lzf 1.38x, gzip 1.82x). So the default is
-"none": the fastest, and every HDF5 reader opens it. "gzip" (any reader) or "lzf" (h5py
+Compression. Embeddings are float noise to a compressor: shuffle+gzip-1 saves about 14% of
+the bytes and shuffle+LZF about 7%, for CPU time of the order of the forward pass itself
+(bench/embed.py measures it). So the default is "none": the fastest, and every HDF5 reader
+opens it. "gzip" (any reader) or "lzf" (h5py
 everywhere; R rhdf5, MATLAB, HDFView and h5dump need the LZF plugin) trade CPU for a few
 percent of disk. `--dtype float16` halves the bytes whatever the filter.
 
@@ -103,6 +102,11 @@ COMPRESSIONS = {
 DEFAULT_COMPRESSION = "none"
 LEGACY_COMPRESSION = "gzip"  # what a file without the attribute used
 CHUNK_ROWS = 4096
+# File format bounds. A low bound of v110 or later writes superblock v3, whose "file is open
+# for write" flag stays set when the writer is killed (SIGKILL, OOM) and then refuses every
+# later open ("may use h5clear"); v108 (superblock v2) has no such flag, so a partial file
+# stays resumable after any death. Readable by HDF5 >= 1.8.
+LIBVER = ("v108", "v108")
 # chunks held in each per-position dataset's cache: a chunk that one piece fills only in part
 # (the item's last rows, or reverse-strand rows in --rc-average) stays in memory until the
 # next write completes it, instead of being compressed, read back and compressed again
@@ -161,7 +165,7 @@ def create(path: str | os.PathLike, items: Items, attrs: dict, *, d_model: int,
     from mamba_dna import __version__
 
     n = len(items)
-    with h5py.File(path, "w", libver="latest") as f:
+    with h5py.File(path, "w", libver=LIBVER, locking=False) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["mamba_dna_version"] = __version__
@@ -186,6 +190,20 @@ def create(path: str | os.PathLike, items: Items, attrs: dict, *, d_model: int,
                              chunks=(max(1, min(n, 4096)), d_model) if n else None)
         if per_position:
             f.create_group("per_position")
+
+
+def expected_bytes(items: Items, d_model: int, dtype: str, *, pooled: bool,
+                   per_position: bool) -> int:
+    """About how many bytes an embedding file of these items takes (uncompressed): what
+    `fsutil.check_free_space` compares with the free space before the run starts."""
+    size = np.dtype(dtype).itemsize
+    n = len(items)
+    total = 64 * n + (1 << 16)  # item table and HDF5 metadata
+    if pooled:
+        total += n * d_model * size
+    if per_position:
+        total += int(items.length.sum()) * d_model * size + 4096 * n
+    return int(total)
 
 
 def read_items(f) -> Items:
@@ -256,13 +274,34 @@ def per_position_dataset(f, index: int, length: int, d: int, dtype: str, item_id
     return ds
 
 
+def open_for_write(path: str | os.PathLike):
+    """Open a (partial) embedding file read-write.
+
+    HDF5's own file lock is off: the caller holds `fsutil.output_lock` on the output, which
+    also works where HDF5 locking fails (some network file systems) and dies with its
+    process. Writers flush after each batch and set `done` only after an item's rows, so
+    whatever a crash leaves is a valid file whose `done` rows are complete.
+    """
+    import h5py
+
+    from mamba_dna.fsutil import os_errors
+
+    with os_errors(path, "open"):
+        return h5py.File(path, "r+", locking=False)
+
+
 def open_for_resume(path: Path, expect: dict):
     """Open a partial file for appending after checking it belongs to the same run."""
     import h5py
 
     try:
-        f = h5py.File(path, "r+")
+        f = h5py.File(path, "r+", locking=False)
     except OSError as e:
+        if "already open for write" in str(e):  # superblock v3 of an older version, killed
+            raise InputError(
+                f"{path}: the partial file was written by an older mamba-dna whose HDF5 format "
+                "cannot be reopened after the writer was killed",
+                hint="delete it and run again; files written now resume after any death") from e
         raise InputError(
             f"{path}: the partial embedding file cannot be opened ({e}); it was probably cut "
             "off in the middle of a write", hint="delete it and run again without --resume"

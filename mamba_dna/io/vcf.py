@@ -263,6 +263,54 @@ class ContigResolver:
         )
 
 
+def check_contig_lengths(reader: VcfReader, resolve: ContigResolver, *, strict: bool = False) -> list[str]:
+    """Compare the header's ##contig lengths with the reference; returns the disagreements.
+
+    A disagreement means the VCF was probably called on another assembly: an InputError
+    under --strict, otherwise one warning line with the count and the first few.
+    """
+    bad = []
+    for cid, ln in reader.contigs.items():
+        name = resolve(cid) if ln is not None else None
+        if name is not None and resolve.genome.lengths[name] != ln:
+            bad.append(f"{cid} {ln:,} vs {name} {resolve.genome.lengths[name]:,} bp")
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; ... ({len(bad)} in all)" if len(bad) > 3 else "")
+        msg = (f"{reader.path}: {len(bad)} ##contig length(s) disagree with the reference "
+               f"{resolve.genome.path} ({shown}); was the VCF called on another assembly?")
+        if strict:
+            raise InputError(msg)
+        from mamba_dna import log
+
+        log.info("warning: " + msg + " (--strict makes this an error)")
+    return bad
+
+
+def declared_info(reader: VcfReader) -> set[str]:
+    """INFO IDs declared by the header's ##INFO lines."""
+    return {m.group(1) for line in reader.meta if (m := re.match(r"##INFO=<ID=([^,>]+)", line))}
+
+
+def check_info_keys(reader: VcfReader, keys: Sequence[str], opt: str = "--tsv-info") -> None:
+    """Refuse INFO keys the header does not declare (a typo would fill a column with '.').
+
+    A header that declares no INFO at all cannot tell; then it is one warning line.
+    """
+    declared = declared_info(reader)
+    missing = [k for k in keys if k not in declared]
+    if not missing:
+        return
+    if not declared:
+        from mamba_dna import log
+
+        log.info(f"warning: {opt} {','.join(missing)}: {reader.path} declares no ##INFO fields; "
+                 "records without the key get '.'")
+        return
+    raise ConfigError(
+        f"{opt} {','.join(missing)}: not declared in the header of {reader.path}",
+        hint=f"declared INFO keys: {', '.join(sorted(declared)[:20])}")
+
+
 # ----------------------------------------------------------------------------- writing
 
 

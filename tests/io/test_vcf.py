@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import pysam
@@ -21,8 +20,6 @@ from mamba_dna.io.vcf import (
     parse_aliases,
     read_tsv,
 )
-
-DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[2] / "../shared/data"))
 
 HEADER = (
     "##fileformat=VCFv4.2\n"
@@ -182,11 +179,10 @@ def test_tsv_round_trip(tmp_path):
     assert rows[0][5] == "."
 
 
-@pytest.mark.skipif(not (DATA / "variants").is_dir(), reason="shared data not present")
-def test_real_plain_gzip_vcfs_parse():
-    p = DATA / "variants/human_mt_mitomap/mitotip_scores.vcf.gz"
+def test_real_plain_gzip_vcfs_parse(shared_data):
+    p = shared_data / "variants/human_mt_mitomap/mitotip_scores.vcf.gz"
     recs = list(VcfReader(p))
     assert len(recs) == 6016
     assert any(alt_skip_reason(a) == "invalid_alt" for r in recs for a in r.alts)  # MitoTIP ':'
-    multi = list(VcfReader(DATA / "variants/human_mt_mitomap/mitomap_polymorphisms.vcf.gz"))
+    multi = list(VcfReader(shared_data / "variants/human_mt_mitomap/mitomap_polymorphisms.vcf.gz"))
     assert any(len(r.alts) > 1 for r in multi)

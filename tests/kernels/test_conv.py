@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import mamba_dna.kernels as K
-import mamba_dna.kernels.conv as conv
 import pytest
 import torch
+
+import mamba_dna.kernels as K
+import mamba_dna.kernels.conv as conv
 from mamba_dna.kernels.conv import causal_conv1d_cpu, causal_conv1d_ref
 
 TOL = {

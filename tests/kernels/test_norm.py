@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import mamba_dna.kernels as K
 import pytest
 import torch
+
+import mamba_dna.kernels as K
 from mamba_dna.kernels.norm import rms_norm_cpu, rms_norm_ref
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from mamba_dna.kernels.reference import selective_scan_ref, selective_state_update_ref
 
 

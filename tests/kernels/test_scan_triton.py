@@ -1,7 +1,7 @@
 """Fused Triton selective scan and decode step vs the sequential reference.
 
-Runs under TRITON_INTERPRET=1 on CPU tensors (the README's test command sets it) or on a
-CUDA GPU. Small grids: the interpreter costs ~15 ms per program instance and the
+Runs on a CUDA GPU, else under TRITON_INTERPRET=1 on CPU tensors (tests/conftest.py sets it
+when there is no GPU). Small grids: the interpreter costs ~15 ms per program instance and the
 associative scan is interpreted element by element, so shapes are tiny but irregular, and a
 chunk of 16 makes every multi-chunk path run.
 """
@@ -17,7 +17,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip(
         "Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 set before triton is imported "
-        "(the README's `./run.sh test` sets it)",
+        "(tests/conftest.py sets it unless TRITON_INTERPRET is already set)",
         allow_module_level=True,
     )
 
@@ -70,6 +70,19 @@ def check_close(name, got, want, dtype):
     torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
+def check_results(results, dtype):
+    """`run_both`'s two results agree: out, last_state and every gradient (the same ones
+    present), at `dtype`'s tolerances (bf16 inputs' gradients come back in bf16, as the
+    reference's do)."""
+    (out, last, grads), (r_out, r_last, r_grads) = results
+    check_close("out", out, r_out, dtype)
+    check_close("last_state", last, r_last, dtype)
+    for name, g, rg in zip(GRAD_NAMES, grads, r_grads, strict=True):
+        assert (g is None) == (rg is None), name
+        if g is not None:
+            check_close(f"d{name}", g, rg, dtype)
+
+
 def run_both(u, delta, A, B, C, kw, softplus, chunk=CHUNK, dlast=True):
     """Forward + backward through the Triton path and the reference; returns both results."""
     leaves = [u, delta, A, B, C] + [kw[k] for k in GRAD_NAMES[5:]]
@@ -107,38 +120,23 @@ def test_scan_fp32_forward_last_state_and_all_grads(batch, dim, L, N, groups, D,
                                                      softplus, h0, seq):
     u, delta, A, B, C, kw = make_inputs(batch, dim, L, N, groups, D=D, z=z, bias=bias, h0=h0,
                                         seq=seq)
-    (out, last, grads), (r_out, r_last, r_grads) = run_both(u, delta, A, B, C, kw, softplus)
-    check_close("out", out, r_out, torch.float32)
-    check_close("last_state", last, r_last, torch.float32)
-    for name, g, rg in zip(GRAD_NAMES, grads, r_grads, strict=True):
-        assert (g is None) == (rg is None), name
-        if g is not None:
-            check_close(f"d{name}", g, rg, torch.float32)
+    check_results(run_both(u, delta, A, B, C, kw, softplus), torch.float32)
 
 
 def test_scan_bf16():
     u, delta, A, B, C, kw = make_inputs(2, 5, 37, 4, 1, dtype=torch.bfloat16, seq=True)
-    (out, last, grads), (r_out, r_last, r_grads) = run_both(u, delta, A, B, C, kw, True)
+    results = run_both(u, delta, A, B, C, kw, True)
+    out, last, _ = results[0]
     assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
-    check_close("out", out, r_out, torch.bfloat16)
-    check_close("last_state", last, r_last, torch.bfloat16)
-    for name, g, rg in zip(GRAD_NAMES, grads, r_grads, strict=True):
-        if g is not None:
-            # gradients of bf16 inputs come back in bf16, like the reference's
-            check_close(f"d{name}", g, rg, torch.bfloat16)
+    check_results(results, torch.bfloat16)
 
 
 def test_default_chunk_and_no_last_state_grad():
     """The default chunk (what a GPU runs) over several chunks; loss without last_state."""
     L = DEFAULT_CHUNK * 2 + 3
     u, delta, A, B, C, kw = make_inputs(1, 2, L, 4, None, h0=False)
-    (out, last, grads), (r_out, r_last, r_grads) = run_both(u, delta, A, B, C, kw, True,
-                                                            chunk=DEFAULT_CHUNK, dlast=False)
-    check_close("out", out, r_out, torch.float32)
-    check_close("last_state", last, r_last, torch.float32)
-    for name, g, rg in zip(GRAD_NAMES, grads, r_grads, strict=True):
-        if g is not None:
-            check_close(f"d{name}", g, rg, torch.float32)
+    check_results(run_both(u, delta, A, B, C, kw, True, chunk=DEFAULT_CHUNK, dlast=False),
+                  torch.float32)
 
 
 def test_strided_inputs_and_chunk_independence():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -25,12 +24,6 @@ FIXTURES = REPO / "data" / "fixtures"
 SECTIONS = ("## 1. Data and tokenization", "## 2. Pretraining", "## 3. Zero-shot variant effect scores",
             "## 4. Embeddings", "## 5. Species classification", "## 6. Timings")
 COMP = {"A": "T", "C": "G", "G": "C", "T": "A"}
-
-
-def shared_data() -> Path | None:
-    env = os.environ.get("MAMBA_DNA_DATA")
-    p = Path(env) if env else REPO.parent / "shared" / "data"
-    return p if all((p / r).is_file() for r in D.REQUIRED) else None
 
 
 def read_fixture() -> dict[str, str]:
@@ -98,17 +91,19 @@ def make_data(root: Path) -> Path:
     return root
 
 
-def floats_in_row(text: str, first_cell: str) -> list[float]:
-    """Numbers of the markdown table row whose first cell starts with `first_cell`."""
+def floats_in_row(text: str, first_cell: str, text_cells: int = 0) -> list[float]:
+    """The numbers of the markdown table row whose first cell starts with `first_cell`: every
+    cell after the first and after `text_cells` more text cells (e.g. a metric's name) must be
+    a number (thousands commas allowed), else the test fails naming the cell."""
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[0].startswith(first_cell):
             out = []
-            for c in cells[1:]:
+            for c in cells[1 + text_cells:]:
                 try:
                     out.append(float(c.replace(",", "")))
                 except ValueError:
-                    pass
+                    raise AssertionError(f"row {line!r}: cell {c!r} is not a number") from None
             return out
     raise AssertionError(f"no table row starting with {first_cell!r}")
 
@@ -135,7 +130,7 @@ def check_output(out: Path, res: dict) -> None:
         label = "Spearman rho" if s["metric"] == "spearman" else "AUROC"
         row = [line for line in text.splitlines() if line.startswith(f"| {s['set']} | {label} |")]
         assert len(row) == 1, s["set"]
-        nums = floats_in_row(row[0], s["set"])
+        nums = floats_in_row(row[0], s["set"], text_cells=1)  # after the metric name
         n, vals = nums[0], nums[1:]
         assert n == s["scorers"]["network"]["n"] > 0 and len(vals) == 4
         lo = -1 if s["metric"] == "spearman" else 0
@@ -182,11 +177,9 @@ def test_quick_on_fixtures_cli_and_rerun(tmp_path, capsys):
     assert cal and cal["step_s"] > 0 and res2["pretrain"]["steps"] >= D.QUICK.min_steps
 
 
-@pytest.mark.skipif(shared_data() is None, reason="real data absent: ../shared/data or "
-                    "$MAMBA_DNA_DATA (python data/fetch.py fetch DIR)")
-def test_quick_on_real_data(tmp_path):
+def test_quick_on_real_data(tmp_path, shared_data):
     out = tmp_path / "demo"
-    res = D.run_demo(D.DemoConfig(out=str(out), data=str(shared_data()), quick=True, device="cpu"))
+    res = D.run_demo(D.DemoConfig(out=str(out), data=str(shared_data), quick=True, device="cpu"))
     check_output(out, res)
     tk = res["tokenize"]
     assert tk["bases"] > 300_000 and all(tk["windows"][s] > 0 for s in ("train", "val", "test"))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pysam
@@ -28,8 +26,6 @@ from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.io.vcf import VcfReader, read_tsv
 from mamba_dna.model import MambaConfig, MambaLM
 from mamba_dna.tokenizer import decode, encode
-
-DATA = Path(os.environ.get("MAMBA_DNA_DATA", Path(__file__).resolve().parents[2] / "../shared/data"))
 
 
 def _tiny_mamba(seed: int = 0) -> MambaLM:
@@ -316,9 +312,8 @@ def test_evaluate_labelled_metrics(tmp_path):
     assert r["value"] == pytest.approx(-1.0)
 
 
-@pytest.mark.skipif(not (DATA / "variants").is_dir(), reason="shared data not present")
-def test_real_mtdna_set_markov_is_near_chance(tmp_path):
-    d = DATA / "variants/human_mt_mitomap"
+def test_real_mtdna_set_markov_is_near_chance(tmp_path, shared_data):
+    d = shared_data / "variants/human_mt_mitomap"
     out = tmp_path / "mt.tsv"
     s = run(ScoreConfig(vcf=str(d / "mt_labeled_pathogenic_vs_common.vcf.gz"), fasta=str(d / "rCRS_MT.fasta"),
                         model="markov:6", out=str(out), scores=("llr",)))
