@@ -79,10 +79,9 @@ def main():
     if not LABELS.exists():
         print(f"skip: {LABELS} not found (set MAMBA_DNA_DATA)")
         return
-    from mamba_dna.pipelines.classify import ClassifyConfig, FinetuneConfig, run_train
-
     from mamba_dna.errors import InputError
     from mamba_dna.model import MambaConfig, MambaLM
+    from mamba_dna.pipelines.classify import ClassifyConfig, FinetuneConfig, run_train
 
     out = Path(a.out or tempfile.mkdtemp(prefix="bench-classify-"))
     model = a.model
@@ -96,9 +95,8 @@ def main():
             net = CaduceusLM(ModelConfig(d_model=64, n_layer=2, bidirectional=True,
                                          rcps=a.arch == "caduceus-ps"))
         model = str(net.save_pretrained(out / "model"))
-    from mamba_dna.pipelines.embed import architecture
-
     from mamba_dna.load import load_model
+    from mamba_dna.pipelines.embed import architecture
 
     loaded = load_model(model)
     arch = f"{architecture(loaded)} {loaded.config.n_layer} x d_model {loaded.config.d_model}"

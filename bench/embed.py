@@ -154,15 +154,14 @@ def main():
         print(f"skip: {GENOME} not found (set MAMBA_DNA_DATA)")
         return
 
+    from mamba_dna.genome import Genome
+    from mamba_dna.load import checkpoint_sha256, load_model
     from mamba_dna.pipelines.embed import (
         EmbedConfig,
         make_batches,
         run_embed,
         stream_hidden,
     )
-
-    from mamba_dna.genome import Genome
-    from mamba_dna.load import checkpoint_sha256, load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     model_dir = make_model(a.model, tmp)

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mamba_dna.pipelines.embed.arch import architecture, check_pool, is_bidirectional, is_rcps
 from torch import nn
 
 from mamba_dna import log
 from mamba_dna.device import resolve_device
 from mamba_dna.errors import InputError
 from mamba_dna.fsutil import atomic_dir, read_json_object, sha256_file, write_json
+from mamba_dna.pipelines.embed.arch import architecture, check_pool, is_bidirectional, is_rcps
 from mamba_dna.tokenizer import reverse_complement
 from mamba_dna.training import length_ladder, param_groups, steps_per_stage, warmup_cosine
 

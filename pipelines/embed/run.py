@@ -12,11 +12,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from mamba_dna.pipelines.embed.arch import check_pool, describe, width
-from mamba_dna.pipelines.embed.config import EmbedConfig
-from mamba_dna.pipelines.embed.items import bed_items, item_tokens, window_items
-from mamba_dna.pipelines.embed.stream import embed_batch, make_batches
-from mamba_dna.pipelines.embed.writer import WriteQueue, partial_path, write_rows
 
 from mamba_dna import log
 from mamba_dna.device import resolve_device
@@ -25,6 +20,11 @@ from mamba_dna.fsutil import sha256_file
 from mamba_dna.genome import Genome
 from mamba_dna.io import hdf5
 from mamba_dna.load import checkpoint_sha256, load_model
+from mamba_dna.pipelines.embed.arch import check_pool, describe, width
+from mamba_dna.pipelines.embed.config import EmbedConfig
+from mamba_dna.pipelines.embed.items import bed_items, item_tokens, window_items
+from mamba_dna.pipelines.embed.stream import embed_batch, make_batches
+from mamba_dna.pipelines.embed.writer import WriteQueue, partial_path, write_rows
 from mamba_dna.rankshard import parse_shard, part_path
 
 

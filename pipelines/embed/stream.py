@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from mamba_dna.pipelines.embed.arch import check_pool, is_bidirectional, width
-from mamba_dna.pipelines.embed.config import POOLS
 
 from mamba_dna.errors import ConfigError
+from mamba_dna.pipelines.embed.arch import check_pool, is_bidirectional, width
+from mamba_dna.pipelines.embed.config import POOLS
 from mamba_dna.tokenizer import PAD, reverse_complement
 
 

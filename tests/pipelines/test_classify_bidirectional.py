@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mamba_dna.pipelines import classify as C
-from mamba_dna.pipelines.classify import finetune as F
 
 from mamba_dna.caduceus import CaduceusLM, ModelConfig
 from mamba_dna.cli import main
 from mamba_dna.load import load_model
+from mamba_dna.pipelines import classify as C
+from mamba_dna.pipelines.classify import finetune as F
 from mamba_dna.tokenizer import encode, reverse_complement
 
-MODELS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "models"
 # class -> base composition (A, C, G, T)
 COMPOSITION = {"gc_rich": [.15, .35, .35, .15], "at_rich": [.35, .15, .15, .35],
                "mixed": [.25, .25, .25, .25]}
@@ -49,18 +48,19 @@ def data(tmp_path_factory):
     return d
 
 
-def ps_fixture() -> Path:
-    d = MODELS / "caduceus_ps"
+def ps_fixture(shared_data: Path) -> Path:
+    d = shared_data / "models" / "caduceus_ps"
     if not (d / "config.json").exists():
         pytest.skip(f"{d}: shared fixture data not present")
     return d
 
 
-def test_probe_on_a_caduceus_checkpoint_is_strand_symmetric(data, tmp_path, hf_offline_cache):
+def test_probe_on_a_caduceus_checkpoint_is_strand_symmetric(data, tmp_path, hf_offline_cache,
+                                                             shared_data):
     """The Caduceus-PS fixture as hf:ORG/NAME from an offline hub cache (issue 17's `classify
     --model hf:...`), through train and then predict (which loads the id again)."""
     out = tmp_path / "cls"
-    spec_id = hf_offline_cache(ps_fixture(), "org/ps")
+    spec_id = hf_offline_cache(ps_fixture(shared_data), "org/ps")
     assert cli(["classify", "train", "--labels", str(data / "labels.tsv"), "--model",
                 spec_id, "--out", str(out), "--window", "256", "--per-class", "8",
                 "--split-by", "file", "--block", "512", "--lengths", "256"]) == 0
@@ -80,7 +80,7 @@ def test_probe_on_a_caduceus_checkpoint_is_strand_symmetric(data, tmp_path, hf_o
     np.testing.assert_allclose(P, Prc, rtol=1e-6, atol=1e-7)
     assert P.shape == (3, 3) and np.ptp(P, axis=0).max() > 1e-4  # not one constant answer
     # --no-rc-average: the PS features are its full 2 x d_model halves, no longer symmetric
-    model = load_model(ps_fixture())
+    model = load_model(ps_fixture(shared_data))
     spec = C.FeatureSpec("embedding", rc_average=False)
     X = C.features(spec, seqs[:1], model)
     Xrc = C.features(spec, [reverse_complement(seqs[0])], model)

@@ -13,24 +13,31 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from mamba_dna.pipelines import embed as E
 
 from mamba_dna.cli import main
 from mamba_dna.genome import Genome
 from mamba_dna.load import load_model
+from mamba_dna.pipelines import embed as E
 from mamba_dna.tokenizer import reverse_complement
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-FASTA = DATA / "species" / "phage" / "NC_001422_1.fna.gz"  # phiX174, 5,386 bp
+PHIX = "species/phage/NC_001422_1.fna.gz"  # phiX174, 5,386 bp
 # fixture -> (architecture, d_model)
 FIXTURES = {"caduceus_ps": ("caduceus-ps", 32), "caduceus_ph": ("caduceus-ph", 48),
             "caduceus_plant": ("caduceus-ps", 32)}
 
 
-def fixture(name: str) -> Path:
-    d = DATA / "models" / name
-    if not (d / "config.json").exists() or not FASTA.exists():
-        pytest.skip(f"{d} or {FASTA}: shared fixture data not present")
+@pytest.fixture
+def fasta(shared_data) -> Path:
+    f = shared_data / PHIX
+    if not f.exists():
+        pytest.skip(f"{f}: shared data not present")
+    return f
+
+
+def model_dir(shared_data: Path, name: str) -> Path:
+    d = shared_data / "models" / name
+    if not (d / "config.json").exists():
+        pytest.skip(f"{d}: shared fixture checkpoint not present")
     return d
 
 
@@ -48,15 +55,15 @@ def direct(model, ids: np.ndarray, rc_average: bool = False, layer=None) -> np.n
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
-def test_pooled_rows_equal_direct_hidden_and_attributes(name, tmp_path):
-    mdir = fixture(name)
+def test_pooled_rows_equal_direct_hidden_and_attributes(name, tmp_path, shared_data, fasta):
+    mdir = model_dir(shared_data, name)
     arch, d = FIXTURES[name]
     out = tmp_path / "emb.h5"
     # 1000-bp windows: five full ones and a 386-bp tail (a batch of its own length)
-    assert cli(["embed", "--fasta", str(FASTA), "--model", str(mdir), "--out", str(out),
+    assert cli(["embed", "--fasta", str(fasta), "--model", str(mdir), "--out", str(out),
                 "--window", "1000", "--pool", "mean", "--per-position", "--piece", "300"]) == 0
     model = load_model(mdir)
-    g = Genome(FASTA)
+    g = Genome(fasta)
     width = 2 * d if arch == "caduceus-ps" else d  # PS without --rc-average: both halves
     with h5py.File(out, "r") as f:
         a = dict(f.attrs)
@@ -73,16 +80,16 @@ def test_pooled_rows_equal_direct_hidden_and_attributes(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
-def test_rc_average_is_strand_symmetric(name, tmp_path):
-    mdir = fixture(name)
+def test_rc_average_is_strand_symmetric(name, tmp_path, shared_data, fasta):
+    mdir = model_dir(shared_data, name)
     arch, d = FIXTURES[name]
-    rec = Genome(FASTA).names[0]
+    rec = Genome(fasta).names[0]
     bed = tmp_path / "r.bed"  # the same regions on both strands ('-' = reverse complement)
     bed.write_text(f"{rec}\t100\t900\tfwd\t0\t+\n{rec}\t100\t900\trev\t0\t-\n"
                    f"{rec}\t2000\t2513\tfwd2\t0\t+\n{rec}\t2000\t2513\trev2\t0\t-\n")
     for pool in ("mean", "max"):
         out = tmp_path / f"{pool}.h5"
-        assert cli(["embed", "--fasta", str(FASTA), "--model", str(mdir), "--out", str(out),
+        assert cli(["embed", "--fasta", str(fasta), "--model", str(mdir), "--out", str(out),
                     "--bed", str(bed), "--pool", pool, "--rc-average", "--per-position"]) == 0
         with h5py.File(out, "r") as f:
             assert f.attrs["d_model"] == d and f.attrs["channels"] == "d_model"
@@ -96,7 +103,7 @@ def test_rc_average_is_strand_symmetric(name, tmp_path):
             np.testing.assert_allclose(rev, fwd[::-1], rtol=1e-5, atol=1e-6)
     # and they are what the model itself calls strand-symmetric
     model = load_model(mdir)
-    ids = Genome(FASTA).tokens(rec, 100, 900)[0]
+    ids = Genome(fasta).tokens(rec, 100, 900)[0]
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(f["per_position/000000000"][:], direct(model, ids, True),
                                    rtol=1e-5, atol=1e-6)
@@ -105,18 +112,18 @@ def test_rc_average_is_strand_symmetric(name, tmp_path):
     assert not np.allclose(X[0], X[1], atol=1e-4)
 
 
-def test_long_item_tiled_by_the_model_equals_one_pass(tmp_path, monkeypatch):
+def test_long_item_tiled_by_the_model_equals_one_pass(tmp_path, monkeypatch, shared_data, fasta):
     """The whole 5,386-bp record in tiles of 1,024 scan positions (what a megabase item gets
     on a CPU) gives the numbers of one untiled pass; layer K works the same way."""
-    mdir = fixture("caduceus_ps")
+    mdir = model_dir(shared_data, "caduceus_ps")
     model = load_model(mdir)
-    g = Genome(FASTA)
+    g = Genome(fasta)
     ids = g.tokens(g.names[0], 0, g.lengths[g.names[0]])[0]
     monkeypatch.setenv("MAMBA_DNA_CPU_TILE", "0")
     ref = direct(model, ids, True, layer=1)  # (L, d), one pass
     monkeypatch.setenv("MAMBA_DNA_CPU_TILE", "1")  # the smallest tile: 1,024 tokens
     out = tmp_path / "rec.h5"
-    assert cli(["embed", "--fasta", str(FASTA), "--model", str(mdir), "--out", str(out),
+    assert cli(["embed", "--fasta", str(fasta), "--model", str(mdir), "--out", str(out),
                 "--layer", "1", "--rc-average", "--per-position", "--pool", "max",
                 "--dtype", "float16"]) == 0
     with h5py.File(out, "r") as f:
@@ -126,25 +133,25 @@ def test_long_item_tiled_by_the_model_equals_one_pass(tmp_path, monkeypatch):
         np.testing.assert_allclose(f["pooled"][0].astype(np.float32), ref.max(0), rtol=2e-3, atol=2e-4)
 
 
-def test_pool_last_is_refused_for_bidirectional(tmp_path, capsys):
-    mdir = fixture("caduceus_ph")
+def test_pool_last_is_refused_for_bidirectional(tmp_path, capsys, shared_data, fasta):
+    mdir = model_dir(shared_data, "caduceus_ph")
     out = tmp_path / "x.h5"
-    assert cli(["embed", "--fasta", str(FASTA), "--model", str(mdir), "--out", str(out),
+    assert cli(["embed", "--fasta", str(fasta), "--model", str(mdir), "--out", str(out),
                 "--window", "1000", "--pool", "last"]) == 2
     err = capsys.readouterr().err
     assert "--pool last" in err and "bidirectional" in err and "Traceback" not in err
     assert not out.exists() and not E.partial_path(out).exists()
 
 
-def test_hf_id_from_an_offline_cache(tmp_path, hf_offline_cache):
+def test_hf_id_from_an_offline_cache(tmp_path, hf_offline_cache, shared_data, fasta):
     """`embed --model hf:ORG/NAME` (a PlantCaduceus-layout checkpoint in the hub cache, no
     network) writes what the directory gives, and records the id and the weights' sha256."""
-    mdir = fixture("caduceus_plant")
+    mdir = model_dir(shared_data, "caduceus_plant")
     spec = hf_offline_cache(mdir, "org/plant")
     files = {}
     for tag, m in (("dir", str(mdir)), ("hub", spec)):
         files[tag] = tmp_path / f"{tag}.h5"
-        assert cli(["embed", "--fasta", str(FASTA), "--model", m, "--out", str(files[tag]),
+        assert cli(["embed", "--fasta", str(fasta), "--model", m, "--out", str(files[tag]),
                     "--window", "2000", "--rc-average"]) == 0
     with h5py.File(files["dir"], "r") as a, h5py.File(files["hub"], "r") as b:
         assert b.attrs["model_dir"] == spec and b.attrs["architecture"] == "caduceus-ps"
@@ -152,10 +159,10 @@ def test_hf_id_from_an_offline_cache(tmp_path, hf_offline_cache):
         assert np.array_equal(a["pooled"][:], b["pooled"][:]) and b["pooled"].shape == (3, 32)
 
 
-def test_shards_merge_keep_the_new_attributes(tmp_path):
+def test_shards_merge_keep_the_new_attributes(tmp_path, shared_data, fasta):
     """Two shards of a Caduceus-PS run merge into the single run's numbers and attributes."""
-    mdir = fixture("caduceus_ps")
-    kw = dict(fasta=str(FASTA), model=str(mdir), window=1000, per_position=True, max_batch=2)
+    mdir = model_dir(shared_data, "caduceus_ps")
+    kw = dict(fasta=str(fasta), model=str(mdir), window=1000, per_position=True, max_batch=2)
     single = E.run_embed(E.EmbedConfig(out=str(tmp_path / "one.h5"), **kw))
     shards = [E.run_embed(E.EmbedConfig(out=str(tmp_path / "s.h5"), shard=f"{i}/2", **kw))
               for i in range(2)]
