@@ -6,12 +6,16 @@
     .venv/bin/python bench/classify.py --quick               # fewer windows, short lengths
     .venv/bin/python bench/classify.py --model DIR --finetune 100 --finetune-max 2048
                                        # + fine-tuned backbone (100 steps) up to 2,048 bp rows
+    .venv/bin/python bench/classify.py --arch caduceus-ps    # a random-init bidirectional model
+    .venv/bin/python bench/classify.py --model hf:kuleshov-group/caduceus-ps_seqlen-131k_d_model-256_n_layer-16
 
 Every task runs `classify train` (pipelines.classify.run_train): same leakage-free split,
 same balanced windows, same classifier (standardise + logistic regression, C by CV) for the
-model's pooled embeddings (mean, reverse-complement averaged) and for k-mer profiles (k in
-3..6 picked on val). With --finetune N, a fresh copy of the backbone is also fine-tuned
-end to end (last-token head, sequence-length warmup, N AdamW steps) for each row up to
+model's pooled embeddings (mean, strand-symmetric: reverse-complement averaged; a Caduceus-PS
+averages its two RC halves) and for k-mer profiles (k in 3..6 picked on val). With
+--finetune N, a fresh copy of the backbone is also fine-tuned end to end (last-token head for
+causal models, mean-pooled for bidirectional ones, sequence-length warmup, N AdamW steps) for
+each row up to
 --finetune-max bp and scored on the same test windows. Prints one table: test accuracy per
 task and window length, with the seconds each column took (features + fit, or fine-tuning;
 shared, noisy machine: single runs, so read the seconds as orders of magnitude).
@@ -54,7 +58,9 @@ TASKS = {
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", help="model directory [random-init 2 x 64]")
+    ap.add_argument("--model", help="model directory or hf:ORG/NAME [random-init 2 x 64 of --arch]")
+    ap.add_argument("--arch", default="mamba", choices=("mamba", "caduceus-ph", "caduceus-ps"),
+                    help="the random-init model's architecture (without --model)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true")
@@ -63,7 +69,8 @@ def main():
     ap.add_argument("--finetune-max", type=int, default=4096,
                     help="fine-tune only rows with windows up to this many bp")
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
-    ap.add_argument("--finetune-pool", default="last", help="fine-tuning head: last | mean")
+    ap.add_argument("--finetune-pool", default=None,
+                    help="fine-tuning head: last | mean [last for causal, mean for bidirectional]")
     ap.add_argument("--kmer-ks", default="3,4,5,6")
     ap.add_argument("--per-class", type=int, help="train windows per class [per task]")
     ap.add_argument("--rows", type=int, help="only the first ROWS window lengths of each task")
@@ -72,16 +79,28 @@ def main():
     if not LABELS.exists():
         print(f"skip: {LABELS} not found (set MAMBA_DNA_DATA)")
         return
-    from mamba_dna.pipelines.classify import ClassifyConfig, FinetuneConfig, run_train
-
     from mamba_dna.errors import InputError
     from mamba_dna.model import MambaConfig, MambaLM
+    from mamba_dna.pipelines.classify import ClassifyConfig, FinetuneConfig, run_train
 
     out = Path(a.out or tempfile.mkdtemp(prefix="bench-classify-"))
     model = a.model
     if not model:
         torch.manual_seed(0)
-        model = str(MambaLM(MambaConfig(d_model=64, n_layer=2)).save_pretrained(out / "model"))
+        if a.arch == "mamba":
+            net = MambaLM(MambaConfig(d_model=64, n_layer=2))
+        else:
+            from mamba_dna.caduceus import CaduceusLM, ModelConfig
+
+            net = CaduceusLM(ModelConfig(d_model=64, n_layer=2, bidirectional=True,
+                                         rcps=a.arch == "caduceus-ps"))
+        model = str(net.save_pretrained(out / "model"))
+    from mamba_dna.load import load_model
+    from mamba_dna.pipelines.embed import architecture
+
+    loaded = load_model(model)
+    arch = f"{architecture(loaded)} {loaded.config.n_layer} x d_model {loaded.config.d_model}"
+    del loaded
     rows = []
     for name in a.tasks.split(","):
         kw, what = TASKS[name]
@@ -110,8 +129,8 @@ def main():
         print(f"{name}: {what} -> {out / name}/report.md", file=sys.stderr)
 
     print(f"# classify: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}; "
-          f"model {model} ({'random init' if not a.model else 'given'}); "
-          + (f"fine-tuned ({a.finetune_pool}-token head) {a.finetune} steps, lr {a.lr}, "
+          f"model {model} ({arch}, {'random init' if not a.model else 'given'}); "
+          + (f"fine-tuned ({a.finetune_pool or 'default'}-pooled head) {a.finetune} steps, lr {a.lr}, "
              f"up to {a.finetune_max} bp; "
              if a.finetune else "") + "single runs")
     print("| task | window | train/test per class | probe acc | finetuned acc | k-mer acc (k) "

@@ -3,6 +3,8 @@
     .venv/bin/python bench/embed.py              # H. pylori G27, first 256 kb, 16 kb windows
     .venv/bin/python bench/embed.py --quick      # 64 kb, 1 repeat (smoke run)
     .venv/bin/python bench/embed.py --model DIR  # a trained model instead of random init
+    .venv/bin/python bench/embed.py --model ../shared/data/models/caduceus_ps --memory-only
+                                                 # a bidirectional model's peak memory
 
 Same model (random-init MambaLM, 2 layers x d_model 128 unless --model), same machine, same
 run. "bare forward" is `model.hidden` on the same windows in the same batches, streamed in
@@ -21,6 +23,8 @@ Peak memory (peak RSS of a fresh process after imports and model load, /proc VmH
 there; "after load" is the RSS at that point) for one
 2^20 bp item (E. coli MG1655, first Mb) with per-position output, streamed in 2^15 pieces,
 beside the bare one-pass forward on 2^18 bp (one pass holds O(L * d_inner) activations).
+A bidirectional model (CaduceusLM) cannot stream: `embed` runs the item in one `hidden` call,
+which the model tiles on a CPU, so its "bare" row is the same call at a quarter of the length.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ if mode == "stream":
 else:
     ids = torch.from_numpy(g.tokens(name, 0, n)[0].astype("int64"))[None]
     with torch.no_grad():
-        h, _ = model.hidden(ids)
+        h = model.hidden(ids)  # MambaLM: (h, state); CaduceusLM: h
 dt = time.perf_counter() - t
 print(json.dumps({"peak_mb": hwm_mb(), "before_mb": base, "seconds": dt}))
 """
@@ -142,6 +146,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-bp", type=int, default=1 << 20)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak memory table")
     a = ap.parse_args()
     if a.quick:
         a.bp, a.repeats, a.memory_bp = 1 << 16, 1, 1 << 18
@@ -149,15 +154,14 @@ def main():
         print(f"skip: {GENOME} not found (set MAMBA_DNA_DATA)")
         return
 
+    from mamba_dna.genome import Genome
+    from mamba_dna.load import checkpoint_sha256, load_model
     from mamba_dna.pipelines.embed import (
         EmbedConfig,
         make_batches,
         run_embed,
         stream_hidden,
     )
-
-    from mamba_dna.genome import Genome
-    from mamba_dna.load import checkpoint_sha256, load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     model_dir = make_model(a.model, tmp)
@@ -189,6 +193,8 @@ def main():
                       model=model, checkpoint_sha=sha)
         return f
 
+    if a.memory_only:
+        return memory_table(a, model_dir)
     bare()  # warm-up (kernel compilation)
     cases = [("bare forward (stream_hidden, in memory)", bare, 1),
              ("embed pooled mean", job(False), 1),
@@ -214,7 +220,11 @@ def main():
         print(f"| {what:<40} | {t:8.2f} | {a.bp / t:10,.0f} | {t / (t0 * passes):7.2f} |")
     print("(x bare: time / (bare time x passes); --rc-average runs the model twice)")
     stages(model, wins, batches[0], a.repeats, tmp)
+    memory_table(a, model_dir)
 
+
+def memory_table(a, model_dir: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-embed-mem-"))
     mem_fa = ECOLI if ECOLI.exists() else GENOME
     print(f"\n# peak memory (max RSS of a fresh process), {mem_fa.name}")
     print(f"| {'what':<52} | {'peak MB':>8} | {'after load MB':>13} | {'seconds':>8} |")

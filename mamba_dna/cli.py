@@ -176,21 +176,24 @@ embed_app = _command_group("embed", "Embeddings of windows or BED regions into H
 def embed(
     ctx: typer.Context,
     fasta: str = typer.Option(None, "--fasta", "-f", help="Reference FASTA (plain, .gz, bgzip)."),
-    model: str = typer.Option(None, "--model", "-m", help="Model directory."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory (mamba-dna, Caduceus, PlantCaduceus) or hf:ORG/NAME[@REV]."),
     out: str = typer.Option(None, "--out", "-o", help="Output HDF5 file."),
     bed: str = typer.Option(EmbedConfig.bed, "--bed", help="BED regions (0-based half-open; strand col 6)."),
     window: int = typer.Option(EmbedConfig.window, "--window", "-w", help="Window length in bp [0: whole records]."),
     stride: int = typer.Option(EmbedConfig.stride, "--stride", help="Step between windows [--window]."),
-    pool: str = typer.Option(EmbedConfig.pool, "--pool", help="mean | max | last | none."),
+    pool: str = typer.Option(EmbedConfig.pool, "--pool", help="mean | max | last (causal models only) | none."),
     per_position: bool = typer.Option(EmbedConfig.per_position, "--per-position", help="Also write (length, d) per item."),
     layer: int = typer.Option(EmbedConfig.layer, "--layer", help="Residual stream after K blocks (default: after the final norm)."),
-    rc_average: bool = typer.Option(EmbedConfig.rc_average, "--rc-average", help="Average with the reverse strand."),
+    rc_average: bool = typer.Option(EmbedConfig.rc_average, "--rc-average",
+                                    help="Strand-symmetric output: the mean with the reverse-complement pass "
+                                         "(Caduceus-PS: of its two halves, free; without it PS stores 2 x d_model)."),
     dtype: str = typer.Option(EmbedConfig.dtype, "--dtype", help="float32 | float16 (stored values)."),
     compression: str = typer.Option(
         EmbedConfig.compression, "--compression",
         help="Per-position filter: none (fastest; embeddings compress by only 7-14%) | lzf "
              "(shuffle+LZF; R/MATLAB need the LZF plugin) | gzip (level 1: any HDF5 reader)."),
-    piece: int = typer.Option(EmbedConfig.piece, "--piece", help="Positions per streamed piece (memory)."),
+    piece: int = typer.Option(EmbedConfig.piece, "--piece",
+                              help="Positions per streamed piece (causal models: memory; bidirectional ones run each item whole, O(L x d))."),
     shard: str = typer.Option(EmbedConfig.shard, "--shard", help="i/n (0-based): this array job's share."),
     resume: bool = typer.Option(EmbedConfig.resume, "--resume", help="Continue OUT.partial, skip done items."),
     device: str = typer.Option(EmbedConfig.device, "--device", help="auto | cpu | cuda | cuda:K."),
@@ -198,6 +201,8 @@ def embed(
     """Embed genome windows or BED regions with a model; writes HDF5 (schema: `mamba_dna.io.hdf5`).
 
     Example:  mamba-dna embed --fasta ecoli.fna.gz --window 16384 --model models/m --out emb.h5 --pool mean --rc-average
+
+    Caduceus:  mamba-dna embed --fasta maize.fa --window 512 --model hf:kuleshov-group/PlantCaduceus_l20 --out emb.h5 --rc-average
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -446,7 +451,7 @@ def _int_list(text: str | None, opt: str) -> tuple[int, ...] | None:
 def classify_train(
     labels: str = typer.Option(..., "--labels", help="TSV: 'file' column + label columns."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (classifiers, report)."),
-    model: str = typer.Option(None, "--model", "-m", help="Model directory [k-mer baseline only]."),
+    model: str = typer.Option(None, "--model", "-m", help="Model directory (mamba-dna, Caduceus, PlantCaduceus) or hf:ORG/NAME (none: the k-mer baseline only)."),
     label_column: str = typer.Option(ClassifyConfig.label_column, "--label-column", help="Column holding the label."),
     group: str = typer.Option(None, "--group", help="Keep rows whose 'group' column equals this."),
     include: str = typer.Option(None, "--include", help="Regex on file path or label: keep matches."),
@@ -458,13 +463,14 @@ def classify_train(
     per_class: int = typer.Option(ClassifyConfig.per_class, "--per-class", help="Train windows per class (val/test: half)."),
     max_length: int = typer.Option(ClassifyConfig.max_length, "--max-length", help="Longest window in the length table."),
     lengths: str = typer.Option(None, "--lengths", help="Length table windows, e.g. 1024,4096 [2^10 .. 2^20]."),
-    pool: str = typer.Option(ClassifyConfig.pool, "--pool", help="mean | last | max."),
-    layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks [final norm]."),
-    rc_average: bool = typer.Option(ClassifyConfig.rc_average, "--rc-average", help="Average both strands."),
+    pool: str = typer.Option(ClassifyConfig.pool, "--pool", help="mean | last (causal models only) | max."),
+    layer: int = typer.Option(None, "--layer", help="Residual stream after K blocks (default: after the final norm)."),
+    rc_average: bool = typer.Option(ClassifyConfig.rc_average, "--rc-average/--no-rc-average",
+                                    help="Strand-symmetric embeddings (default: on for bidirectional models, free for Caduceus-PS; off for causal ones)."),
     seed: int = typer.Option(ClassifyConfig.seed, "--seed"),
     device: str = typer.Option(ClassifyConfig.device, "--device"),
     kmer_ks: str = typer.Option(None, "--kmer-ks", help="k values the k-mer baseline picks from on val [3,4,5,6]."),
-    finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune the backbone end to end (last-token head)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune the backbone end to end (last-token head; mean-pooled for bidirectional models)."),
     steps: int = typer.Option(FinetuneConfig.steps, "--steps", help="--finetune: optimizer steps over all length stages."),
     lr: float = typer.Option(FinetuneConfig.lr, "--lr", help="--finetune: AdamW peak learning rate."),
     batch_size: int = typer.Option(FinetuneConfig.batch_size, "--batch-size", help="--finetune: windows per step."),
@@ -475,7 +481,7 @@ def classify_train(
     finetune_table: bool = typer.Option(FinetuneConfig.table, "--finetune-table/--no-finetune-table",
                                         help="--finetune: also fine-tune at every length-table row."),
     finetune_pool: str = typer.Option(FinetuneConfig.pool, "--finetune-pool",
-                                      help="--finetune: head on the last token (the paper's) | mean."),
+                                      help="--finetune: last (the paper's head; causal models only) | mean (default: last for causal, mean for bidirectional)."),
 ) -> None:
     """Train + test a window classifier and the k-mer baseline on the same split; write a report.
 

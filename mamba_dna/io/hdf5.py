@@ -13,16 +13,26 @@ Schema (format "mamba-dna-embeddings", format_version 1)::
         reference_sha256   sha256 of the FASTA file as given (compressed bytes if .gz)
         window, stride     window length / stride in bp (0 = whole records or BED regions)
         regions            BED file name, "" when windows were used
-        pooling            "mean" | "max" | "last" | "none"
+        pooling            "mean" | "max" | "last" | "none" ("last": causal models only)
         layer              "final_norm" = after the final norm (the default), or k: the
                            residual stream after k blocks (MambaLM.hidden's `layer`)
-        rc_average         1 if forward and reverse-complement passes were averaged
+        rc_average         1 if the output is strand-symmetric (see rc_average_method)
+        rc_average_method  "rc_pass": the mean with the flipped pass over the reverse
+                           complement (causal models, Caduceus-Ph); "rcps_halves":
+                           Caduceus-PS, the mean of the forward half and the channel-flipped
+                           RC half of one pass; "" without rc_average
+        architecture       "mamba" (causal), "caduceus-ph" (bidirectional; = pretrain's
+                           bimamba) or "caduceus-ps" (RC-equivariant parameter sharing)
+        objective          "clm" (causal models) or "mlm" (bidirectional: masked LM)
+        channels           what the d columns are: "d_model", or for a Caduceus-PS without
+                           rc_average "2 x d_model: [forward half | RC half] ..."
         dtype              "float32" | "float16" (pooled and per-position datasets)
         compression        filter of the per-position datasets: "none" (the default),
                            "lzf" (shuffle + LZF) or "gzip" (shuffle + gzip level 1); files
                            written before this attribute existed used "gzip"
         per_position       1 if /per_position holds one dataset per item
-        d_model            embedding width d
+        d_model            embedding width d: the columns of /pooled and /per_position
+                           (the model's d_model, or 2 x d_model for PS halves: `channels`)
         coordinates        "0-based half-open; strand '+' or '-'"
         n_items_total      number of items in the full (unsharded) run
         shard              "i/n" for a shard file, "" for a full or merged file

@@ -18,8 +18,14 @@ the same code as `mamba-dna embed`) and, always, k-mer frequency profiles with k
 regression with C cross-validated on train. Test: accuracy, balanced accuracy, per-class
 precision/recall, confusion matrices (text + PNG), and accuracy vs window length.
 With `finetune` set, the backbone is also fine-tuned end to end with a classification head
-(`classify.finetune`: last-token head, sequence-length warmup) on windows of the train
-segments, and scored on the same test windows: a third, "finetuned", result and column.
+(`classify.finetune`: last-token head for causal backbones, mean-pooled for bidirectional
+ones, sequence-length warmup) on windows of the train segments, and scored on the same test
+windows: a third, "finetuned", result and column.
+
+Bidirectional backbones (CaduceusLM, `mamba_dna.load.load_model`: our own, Caduceus or
+PlantCaduceus directories, hf:ORG/NAME): `rc_average` defaults on for them (strand-symmetric
+features; free for PS, whose two RC halves are averaged), pooling "last" is refused
+(`run.resolve_for_model` fixes these model-dependent defaults once the model is loaded).
 
 Save: a classifier is plain numbers (`classifier.npz`: coef, intercept, classes, scaler
 mean/scale) + `classifier.json` (feature spec, model reference and checkpoint sha256, label

@@ -30,7 +30,8 @@ class FinetuneConfig:
     clip: float = 1.0  # gradient-norm clipping (0: off)
     warmup_lengths: tuple[int, ...] | None = None  # explicit ladder (< target), e.g. 1024,2048
     warmup_start: int = 1024  # default ladder: doubling from here up to the target window
-    pool: str = "last"  # "last" (the paper's head) | "mean"
+    pool: str | None = None  # "last" (the paper's head) | "mean"; None: last for a causal
+    # backbone, mean for a bidirectional one (whose last position is no summary; "last" refused)
     grad_checkpointing: str = "auto"  # auto (windows >= 2^14) | on | off
     rc_augment: bool = True  # reverse-complement each training window with probability 1/2
     table: bool = True  # also fine-tune a fresh model for every other length-table row
@@ -52,7 +53,7 @@ class FinetuneConfig:
         if not 0 <= self.lr_warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"lr_warmup {self.lr_warmup} / min_lr_ratio {self.min_lr_ratio}: "
                               "expected fractions in [0, 1)")
-        if self.pool not in ("last", "mean"):
+        if self.pool not in (None, "last", "mean"):
             raise ConfigError(f"finetune pool {self.pool!r}: expected last or mean")
         if self.grad_checkpointing not in ("auto", "on", "off"):
             raise ConfigError(f"--grad-checkpointing {self.grad_checkpointing!r}: expected auto, "
@@ -86,7 +87,8 @@ class ClassifyConfig:
     max_length: int = 1 << 20
     pool: str = "mean"
     layer: int | None = None
-    rc_average: bool = False
+    rc_average: bool | None = None  # None: on for a bidirectional backbone (strand-symmetric
+    # embeddings, as Caduceus recommends; free for PS), off for a causal one (a second pass)
     seed: int = 0
     device: str = "auto"
     kmer_ks: tuple[int, ...] | None = None  # k search of the k-mer baseline [KMER_KS: 3..6]

@@ -3,9 +3,12 @@ plus a linear head on its final hidden state, trained with the Mamba paper's Gre
 recipe.
 
 Setup: load the backbone (`mamba_dna.load.load_model`), put a linear head on the hidden state
-after the final norm, pooled at the last token (the paper's head; `pool="mean"` is the
-alternative), and fix the length ladder: sequence-length warmup trains first on short
-windows and doubles the window stage by stage up to the target length (`stage_lengths`).
+after the final norm, pooled at the last token for a causal backbone (the paper's head) or
+averaged over positions for a bidirectional one (CaduceusLM: its last position is no summary
+of the sequence, so "last" is refused; a Caduceus-PS head reads the mean of its two RC
+halves, d_model strand-symmetric channels, as Caduceus's own classifier does), and fix the
+length ladder: sequence-length warmup trains first on short windows and doubles the window
+stage by stage up to the target length (`stage_lengths`).
 
 Run: every stage draws fresh balanced windows of its length from the *train* segments of
 the classify split only (no window crosses into val or test), each flipped to its reverse
@@ -16,7 +19,8 @@ same test windows as the linear probe and the k-mer baseline.
 
 Save: a directory that `classify predict` / `evaluate` load without pickle:
 
-    backbone/           MambaLM.save_pretrained (config.json, model.safetensors, ...)
+    backbone/           the backbone's save_pretrained (MambaLM or CaduceusLM config.json,
+                        model.safetensors, ...)
     head.safetensors    head.weight (K, d_model), head.bias (K,)
     config.json         FinetuneConfig (the recipe)
     classifier.json     format "mamba-dna-finetuned", label set, window, sha256 of both
@@ -39,6 +43,7 @@ from mamba_dna import log
 from mamba_dna.device import resolve_device
 from mamba_dna.errors import InputError
 from mamba_dna.fsutil import atomic_dir, read_json_object, sha256_file, write_json
+from mamba_dna.pipelines.embed.arch import architecture, check_pool, is_bidirectional, is_rcps
 from mamba_dna.tokenizer import reverse_complement
 from mamba_dna.training import length_ladder, param_groups, steps_per_stage, warmup_cosine
 
@@ -72,13 +77,25 @@ def _load_backbone(model_dir: str | os.PathLike, device: torch.device):
 # --------------------------------------------------------------------------- the network
 
 
-class SequenceClassifier(nn.Module):
-    """MambaLM backbone -> hidden state after the final norm -> pooled -> linear head."""
+def default_pool(backbone) -> str:
+    """The head's pooling when none is asked for: last token (causal), mean (bidirectional)."""
+    return "mean" if is_bidirectional(backbone) else "last"
 
-    def __init__(self, backbone, n_classes: int, pool: str = "last"):
+
+class SequenceClassifier(nn.Module):
+    """Backbone -> hidden state after the final norm -> pooled -> linear head.
+
+    A causal MambaLM: (h, state) = hidden(ids). A CaduceusLM: h = hidden(ids), for PS with
+    rc_average (the mean of its two halves: d_model strand-symmetric channels, one pass).
+    """
+
+    def __init__(self, backbone, n_classes: int, pool: str | None = None):
         super().__init__()
-        self.backbone = backbone  # a MambaLM (its lm_head is unused here)
-        self.pool = pool
+        self.backbone = backbone  # a MambaLM or CaduceusLM (its lm_head is unused here)
+        self.pool = pool or default_pool(backbone)
+        check_pool(backbone, self.pool, "--finetune-pool")
+        self.bidirectional = is_bidirectional(backbone)
+        self.halves = is_rcps(backbone)  # PS: average the two RC halves (embed's rc_average)
         d = backbone.config.d_model
         self.head = nn.Linear(d, n_classes)
         nn.init.normal_(self.head.weight, std=0.02)
@@ -86,11 +103,16 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """ids (batch, L) int64, right-padded; lengths (batch,) -> logits (batch, K) fp32."""
-        h, _ = self.backbone.hidden(ids)  # (batch, L, d_model); causal: padding never leaks back
-        B, L, _ = h.shape
+        B, L = ids.shape
         if lengths is None:
             lengths = torch.full((B,), L, dtype=torch.int64, device=ids.device)
         lengths = lengths.to(ids.device)
+        if self.bidirectional:
+            if bool((lengths != L).any()):  # right padding would reach every position
+                raise ValueError("a bidirectional backbone needs equal-length windows (no padding)")
+            h = self.backbone.hidden(ids, rc_average=self.halves)  # (batch, L, d_model)
+        else:
+            h, _ = self.backbone.hidden(ids)  # (batch, L, d_model); causal: padding never leaks back
         if self.pool == "last":
             pooled = h[torch.arange(B, device=ids.device), lengths - 1]  # (batch, d_model)
         else:
@@ -117,9 +139,9 @@ class FinetunedClassifier:
     def predict_proba(self, seqs: Sequence[np.ndarray], piece: int = 1 << 15) -> np.ndarray:
         """(n, K) float64; with rc_average, the mean of both strands' probabilities.
 
-        The backbone runs through `embed_batch` (the code of `mamba-dna embed`): pieces of
-        `piece` positions with the state carried, so a megabase window costs one piece's
-        memory and gives the pooled vector of the training forward pass."""
+        The backbone runs through `embed_batch` (the code of `mamba-dna embed`): for a causal
+        one in pieces of `piece` positions with the state carried, so a megabase window costs
+        one piece's memory; it gives the pooled vector of the training forward pass."""
         from mamba_dna.pipelines.embed import embed_batch, make_batches
 
         self.net.eval()
@@ -132,7 +154,7 @@ class FinetunedClassifier:
                 strands.append([reverse_complement(np.asarray(seqs[r])) for r in rows])
             for batch in strands:
                 pooled = embed_batch(self.net.backbone, batch, pool=self.net.pool,
-                                     piece=piece)  # (b, d_model) float32
+                                     rc_average=self.net.halves, piece=piece)  # (b, d_model) float32
                 x = torch.from_numpy(pooled).to(head.weight.device, head.weight.dtype)
                 p = torch.softmax(head(x).float(), -1)  # (b, K)
                 out[rows] += p.double().cpu().numpy() / len(strands)
@@ -158,8 +180,11 @@ class FinetunedClassifier:
                 write_json(tmp / "config.json", asdict(cfg))
                 write_json(tmp / "classifier.json", {
                     "format": FORMAT, "format_version": 1,
-                    "classifier": f"MambaLM backbone + linear head on the {self.net.pool} "
-                                  "token's final hidden state, fine-tuned end to end",
+                    "classifier": f"{type(bb).__name__} backbone + linear head on the "
+                                  f"{self.net.pool}-pooled final hidden state"
+                                  f"{' (RC halves averaged)' if self.net.halves else ''}, "
+                                  "fine-tuned end to end",
+                    "architecture": architecture(bb),
                     "labels": self.classes.tolist(), "window": self.window,
                     "pool": self.net.pool, "rc_average": self.rc_average,
                     "head_sha256": sha256_file(tmp / "head.safetensors"),
@@ -215,7 +240,7 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, window])
     backbone = _load_backbone(model_dir, dev)
-    net = SequenceClassifier(backbone, len(classes), cfg.pool).to(dev)
+    net = SequenceClassifier(backbone, len(classes), cfg.pool).to(dev)  # pool None: default_pool
     net.train()
     index = {c: i for i, c in enumerate(classes)}
     opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
@@ -224,7 +249,7 @@ def finetune(model_dir: str | os.PathLike, segs: Sequence, classes: Sequence[str
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     log.info(f"fine-tune {backbone.name} ({backbone.num_parameters():,} params) + "
-             f"{cfg.pool}-token head on {len(classes)} classes: stages "
+             f"{net.pool}-pooled head on {len(classes)} classes: stages "
              + ", ".join(f"{L} bp x {s}" for L, s in zip(lengths, n_steps, strict=True))
              + f" steps, batch {cfg.batch_size}")
     step = 0

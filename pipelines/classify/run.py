@@ -3,7 +3,7 @@ length table) -> save (classifiers, confusion matrices, report)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from mamba_dna import log
@@ -20,7 +20,9 @@ DEFAULT_LENGTHS = tuple(2**p for p in range(10, 21))  # the length table: 1 kb .
 
 def run_train(cfg: ClassifyConfig) -> dict:
     """Train + evaluate (model and k-mer baseline); write everything under cfg.out."""
-    # setup
+    # setup (the model first: its kind fixes defaults and may refuse options)
+    model, sha = load_backbone(cfg.model, cfg.device) if cfg.model else (None, "")
+    cfg = resolve_for_model(cfg, model)  # the report says what ran
     out = Path(cfg.out)
     sources = read_labels(cfg.labels, label_column=cfg.label_column, group=cfg.group,
                           include=cfg.include, label_from_record=cfg.label_from_record)
@@ -36,7 +38,7 @@ def _run_train(cfg: ClassifyConfig, out: Path, sources) -> dict:
     segs = make_segments(sources, split_by=cfg.split_by, window=cfg.window,
                          block=cfg.block or cfg.window, seed=cfg.seed)
     write_segments(out / "split.tsv", segs)
-    job = _Job(cfg, *_probe_model(cfg), GenomeCache())
+    job = _Job(cfg, model, _probe_spec(cfg, model, sha), GenomeCache())
     # run + save: the main window length (classifiers saved, full report), then the table
     wins = _main_windows(cfg, segs)
     res = job.fit(segs, wins, finetune=cfg.finetune is not None)
@@ -49,15 +51,35 @@ def _run_train(cfg: ClassifyConfig, out: Path, sources) -> dict:
     return report
 
 
-def _probe_model(cfg: ClassifyConfig):
-    """(backbone or None, its FeatureSpec or None)."""
-    if not cfg.model:
-        return None, None
-    model, sha = load_backbone(cfg.model, cfg.device)
-    spec = FeatureSpec("embedding", pool=cfg.pool, layer=cfg.layer, rc_average=cfg.rc_average,
+def resolve_for_model(cfg: ClassifyConfig, model) -> ClassifyConfig:
+    """`cfg` with its model-dependent defaults fixed: rc_average None -> on for a bidirectional
+    backbone, off for a causal one (or none); finetune pool None -> mean for bidirectional,
+    last for causal. Pooling "last" with a bidirectional backbone is a ConfigError."""
+    from mamba_dna.pipelines.embed.arch import check_pool, is_bidirectional
+
+    bidir = model is not None and is_bidirectional(model)
+    if model is not None:
+        check_pool(model, cfg.pool)
+    changes = {}
+    if cfg.rc_average is None:
+        changes["rc_average"] = bidir
+    if cfg.finetune is not None:
+        ft = cfg.finetune
+        if ft.pool is None:
+            ft = replace(ft, pool="mean" if bidir else "last")
+        if bidir:
+            check_pool(model, ft.pool, "--finetune-pool")
+        changes["finetune"] = ft
+    return replace(cfg, **changes) if changes else cfg
+
+
+def _probe_spec(cfg: ClassifyConfig, model, sha: str) -> FeatureSpec | None:
+    """The probe's FeatureSpec (None without a model)."""
+    if model is None:
+        return None
+    return FeatureSpec("embedding", pool=cfg.pool, layer=cfg.layer, rc_average=bool(cfg.rc_average),
                        model_dir=str(cfg.model), checkpoint_sha256=sha,
                        model_config=model.config.to_dict())
-    return model, spec
 
 
 class _Job:
@@ -74,7 +96,7 @@ class _Job:
             from .finetune import fit_eval_finetuned
 
             res["finetuned"] = fit_eval_finetuned(cfg.model, segs, windows, self.cache, cfg.finetune,
-                                                  rc_average=cfg.rc_average, device=cfg.device)
+                                                  rc_average=bool(cfg.rc_average), device=cfg.device)
         return res
 
 

@@ -13,13 +13,20 @@ on the writer thread stops the run with that error; the `done` flags written bef
 exact, so `--resume` continues from there. Per-position datasets are stored uncompressed by
 default (embeddings compress by 7-14%; `--compression lzf|gzip`: see `mamba_dna.io.hdf5`).
 
+Bidirectional models (CaduceusLM: Caduceus-PS / -Ph, PlantCaduceus) cannot stream left to
+right: each item runs in one `hidden` call (on a CPU the model tiles its scan with both
+directions' states carried, so memory stays O(L x d)), and its rows are written piece by piece
+like the streamed ones. `--rc-average` gives strand-symmetric rows for every architecture
+(arch.py says how); pooling "last" is refused for them. The root attributes `architecture`,
+`objective`, `channels` and `rc_average_method` say what made the file.
+
 Sharding: batches (not items) are dealt out round-robin to `--shard i/n`, and a batch's
 composition never depends on the shard, so `embed merge` of the shards holds exactly the
 numbers a single run writes.
 
-Files: config.py (EmbedConfig), items.py (windows, BED regions), stream.py (the model
-streamed piece by piece, pooling), writer.py (the writer thread), run.py (the pipeline),
-merge.py (`embed merge`).
+Files: arch.py (what kind of model: width, pooling, attributes), config.py (EmbedConfig),
+items.py (windows, BED regions), stream.py (the model streamed piece by piece, pooling),
+writer.py (the writer thread), run.py (the pipeline), merge.py (`embed merge`).
 
 Python API (numpy out)::
 
@@ -35,6 +42,8 @@ import importlib
 # public name -> the module of this package that defines it, imported on first use (PEP 562)
 # so the CLI reads EmbedConfig's defaults without importing torch
 _EXPORTS = {
+    "architecture": "arch", "check_pool": "arch", "describe": "arch", "is_bidirectional": "arch",
+    "width": "arch",
     "DTYPES": "config", "POOLS": "config", "EmbedConfig": "config",
     "bed_items": "items", "item_tokens": "items", "window_items": "items",
     "merge": "merge",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from mamba_dna.pipelines.embed.writer import partial_path
 
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import atomic_path, guard_output, os_errors, output_lock, prepare_output
 from mamba_dna.io import hdf5
+from mamba_dna.pipelines.embed.writer import partial_path
 
 
 def merge(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:

@@ -11,10 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mamba_dna.pipelines.embed.config import EmbedConfig
-from mamba_dna.pipelines.embed.items import bed_items, item_tokens, window_items
-from mamba_dna.pipelines.embed.stream import embed_batch, make_batches
-from mamba_dna.pipelines.embed.writer import WriteQueue, partial_path, write_rows
 
 from mamba_dna import log
 from mamba_dna.device import resolve_device
@@ -25,6 +21,11 @@ from mamba_dna.genome import Genome
 from mamba_dna.io import hdf5
 from mamba_dna.load import checkpoint_sha256, load_model
 from mamba_dna.model import layer_index
+from mamba_dna.pipelines.embed.arch import check_pool, describe, width
+from mamba_dna.pipelines.embed.config import EmbedConfig
+from mamba_dna.pipelines.embed.items import bed_items, item_tokens, window_items
+from mamba_dna.pipelines.embed.stream import embed_batch, make_batches
+from mamba_dna.pipelines.embed.writer import WriteQueue, partial_path, write_rows
 from mamba_dna.rankshard import parse_shard, part_path
 
 
@@ -43,6 +44,7 @@ def run_embed(cfg: EmbedConfig, model=None, checkpoint_sha: str | None = None) -
         checkpoint_sha = checkpoint_sha256(cfg.model)
     if cfg.layer is not None:  # a bad --layer is refused before any file is created
         layer_index(cfg.layer, int(model.config.n_layer), f"--layer {cfg.layer}", "omitted (final norm)")
+    check_pool(model, cfg.pool)  # "last" means nothing to a bidirectional model
     genome = Genome(cfg.fasta)
     plan = Plan.of(cfg, genome)
     prepare_output(out)
@@ -94,7 +96,8 @@ def _attrs(cfg: EmbedConfig, model, checkpoint_sha: str | None, plan: Plan) -> d
         "dtype": cfg.dtype,
         "compression": cfg.compression,
         "per_position": int(cfg.per_position),
-        "d_model": int(model.config.d_model),
+        "d_model": width(model, cfg.rc_average),  # columns stored (2 x d_model: PS halves)
+        **describe(model, cfg.rc_average),  # architecture, objective, channels, rc_average_method
         "n_items_total": len(plan.items),
         "shard": f"{shard_i}/{shard_n}" if shard_n > 1 else "",
         "format_version": hdf5.FORMAT_VERSION,
@@ -127,7 +130,7 @@ def _embed_items(cfg: EmbedConfig, model, genome, plan: Plan, f) -> None:
     """Every batch not yet done: the writer thread writes its rows, then its pooled rows and
     `done` flags, then flushes, in that order; the file is flagged complete at the end. `f`
     is closed on return (after an error, what is queued still lands)."""
-    d = int(model.config.d_model)
+    d = width(model, cfg.rc_average)
     # two pieces of the largest batch in flight at most (a piece is at most
     # max(batch_tokens, piece) positions x d x 4 bytes)
     writer = WriteQueue(max_bytes=2 * max(cfg.batch_tokens, cfg.piece) * d * 4)

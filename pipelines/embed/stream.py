@@ -1,5 +1,12 @@
-"""Streaming a model over long token arrays: hidden states piece by piece with the state
-carried, pooled on the device (mean / max / last) or handed out per position."""
+"""Running a model over long token arrays, pooled on the device (mean / max / last) or handed
+out per position in pieces.
+
+Causal models stream: hidden states piece by piece with the recurrent state carried, so an
+item costs the memory of one piece. A bidirectional model (CaduceusLM) cannot stream left to
+right (position t depends on everything after it): it runs each item in one `hidden` call,
+which on a CPU tiles the scan of both directions with their states carried (the model's own
+tiling), so memory stays O(L x d) with no (L, d_inner, d_state) tensor; the rows are then
+handed out in pieces like the streamed ones."""
 
 from __future__ import annotations
 
@@ -7,9 +14,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from mamba_dna.pipelines.embed.config import POOLS
 
 from mamba_dna.errors import ConfigError
+from mamba_dna.pipelines.embed.arch import check_pool, is_bidirectional, width
+from mamba_dna.pipelines.embed.config import POOLS
 from mamba_dna.tokenizer import PAD, reverse_complement
 
 
@@ -100,7 +108,15 @@ def embed_batch(model, seqs: Sequence[np.ndarray], *, pool: str = "mean", layer:
 
     rc_average for pooled output averages the two strands' pooled vectors (for "last", the
     last position of each strand, which has seen the whole sequence).
+
+    A bidirectional model goes through `_embed_bidirectional` (same contract; rows already
+    strand-averaged, so the sink only sees is_rc=False; (B, 2 d_model) for a Caduceus-PS
+    without rc_average).
     """
+    if is_bidirectional(model):
+        return _embed_bidirectional(model, seqs, pool=pool, layer=layer, rc_average=rc_average,
+                                    piece=piece, position_sink=position_sink,
+                                    position_dtype=position_dtype)
     device = next(model.parameters()).device
     ids, lengths = _batch_tensor(seqs, device)  # (B, L), (B,)
     d = int(model.config.d_model)
@@ -138,6 +154,42 @@ def embed_batch(model, seqs: Sequence[np.ndarray], *, pool: str = "mean", layer:
     return out.numpy()
 
 
+@torch.no_grad()
+def _embed_bidirectional(model, seqs: Sequence[np.ndarray], *, pool: str, layer: int | None,
+                         rc_average: bool, piece: int,
+                         position_sink: Callable[[int, int, int, torch.Tensor, bool], None] | None,
+                         position_dtype: torch.dtype) -> np.ndarray | None:
+    """`embed_batch` for a CaduceusLM: one `model.hidden` call per group of equal-length items.
+
+    Items of different lengths never share a call (right padding would reach every position
+    through the reverse direction). With rc_average, `hidden` makes the rows strand-symmetric
+    itself: PS the mean of its two halves (one pass), Ph the mean with the reverse-complement
+    pass, position by position, so every pooling of them is symmetric too.
+    """
+    check_pool(model, pool)
+    device = next(model.parameters()).device
+    C = width(model, rc_average)
+    out = torch.zeros(len(seqs), C, dtype=torch.float32)  # (B, C)
+    groups: dict[int, list[int]] = {}
+    for b, s in enumerate(seqs):
+        groups.setdefault(len(s), []).append(b)
+    for n, rows in groups.items():
+        ids = torch.from_numpy(np.stack([np.asarray(seqs[b], dtype=np.int64) for b in rows]))
+        h = model.hidden(ids.to(device), layer=layer, rc_average=rc_average).float()  # (b, n, C)
+        if pool != "none":
+            pooler = Pooler(pool, torch.full((len(rows),), n), C, device)
+            pooler.update(0, h)
+            out[rows] = pooler.result()
+        if position_sink is not None:
+            for s in range(0, n, piece):  # pieces, as the streamed path hands them out
+                e = min(n, s + piece)
+                part = h[:, s:e].to(position_dtype).cpu()  # (b, e-s, C); no copy for fp32 CPU
+                for j, b in enumerate(rows):
+                    position_sink(b, s, e, part[j], False)
+        del h
+    return None if pool == "none" else out.numpy()
+
+
 def embed_sequences(model, seqs: Sequence[np.ndarray], *, pool: str = "mean",
                     layer: int | None = None, rc_average: bool = False, piece: int = 1 << 15,
                     batch_tokens: int = 1 << 16, max_batch: int = 64) -> np.ndarray:
@@ -147,20 +199,19 @@ def embed_sequences(model, seqs: Sequence[np.ndarray], *, pool: str = "mean",
     """
     if pool not in POOLS or pool == "none":
         raise ConfigError(f"pool {pool!r} is not one of mean, max, last")
+    check_pool(model, pool, "pool")
     out = []
     for rows in make_batches([len(s) for s in seqs], batch_tokens, max_batch):
         out.append(embed_batch(model, [seqs[r] for r in rows], pool=pool, layer=layer,
                                rc_average=rc_average, piece=piece))
-    d = int(model.config.d_model)
-    return np.concatenate(out) if out else np.zeros((0, d), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, width(model, rc_average)), np.float32)
 
 
 def per_position(model, seq: np.ndarray, *, layer: int | None = None, rc_average: bool = False,
                  piece: int = 1 << 15) -> np.ndarray:
     """Per-position embeddings (L, d) float32 of one token array (held in memory: for
-    megabase items use `run_embed`, which writes them piece by piece)."""
-    d = int(model.config.d_model)
-    H = np.zeros((len(seq), d), np.float32)
+    megabase items use `run_embed`, which writes them piece by piece). d: `arch.width`."""
+    H = np.zeros((len(seq), width(model, rc_average)), np.float32)
 
     def sink(b, s, e, h, is_rc):
         if is_rc:
