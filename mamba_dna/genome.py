@@ -513,8 +513,8 @@ class Genome:
             if recs is None:
                 continue
             buf = self._map(data)
-            why = fai_mismatch(recs, lambda o, n: buf[o : o + n].tobytes(), len(buf))
-            del buf
+            why = fai_mismatch(recs, lambda o, n, b=buf: b[o : o + n].tobytes(), len(buf))
+            del buf  # unmap before the next candidate
             if why is None:
                 return recs
             log.info(f"{fai}: does not describe {data} ({why}); re-indexing")

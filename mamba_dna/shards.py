@@ -36,7 +36,14 @@ import numpy as np
 
 from mamba_dna import __version__, log
 from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.fsutil import atomic_dir, guard_output, os_errors, output_lock, sha256_file, write_json
+from mamba_dna.fsutil import (
+    atomic_dir,
+    guard_output,
+    os_errors,
+    output_lock,
+    sha256_file,
+    write_json,
+)
 from mamba_dna.genome import SPLITS, Genome, GenomeWindows, WindowSpec, read_bed
 from mamba_dna.tokenizer import TokenizerSpec
 

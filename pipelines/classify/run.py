@@ -29,10 +29,10 @@ def run_train(cfg: ClassifyConfig) -> dict:
     guard_output(out, [cfg.labels, cfg.model, *{s.file for s in sources}])
     prepare_output(out / "report.json")
     with os_errors(out):  # read-only / full disk: one line naming the file
-        return _run_train(cfg, out, sources)
+        return _run_train(cfg, out, sources, model, sha)
 
 
-def _run_train(cfg: ClassifyConfig, out: Path, sources) -> dict:
+def _run_train(cfg: ClassifyConfig, out: Path, sources, model, sha: str) -> dict:
     classes = sorted({s.label for s in sources})
     log.info(f"{len(sources)} records, {len(classes)} classes: {', '.join(classes)}")
     segs = make_segments(sources, split_by=cfg.split_by, window=cfg.window,

@@ -52,9 +52,8 @@ def stage_pretrain(cfg: DemoConfig, shards: Path, out: Path, arch: str = "mamba"
     a masked LM (narrower, `mlm_share` of the budget) beside the two-sided k-mer baseline."""
     from dataclasses import replace
 
-    from mamba_dna.pipelines.pretrain import PretrainConfig, Pretrainer, calibrate, read_metrics
-
     from mamba_dna import distributed as mdist
+    from mamba_dna.pipelines.pretrain import PretrainConfig, Pretrainer, calibrate, read_metrics
 
     p = cfg.preset
     mlm = arch != "mamba"
@@ -138,9 +137,8 @@ def _budget_steps(cfg: DemoConfig, cal: dict | None, minutes: float | None, devi
 
 def _corpus_markov(shards: Path, order: int):
     """The Markov peer on the network's own training windows (the fair comparison)."""
-    from mamba_dna.pipelines.pretrain import join_windows
-
     from mamba_dna.baselines import MarkovModel
+    from mamba_dna.pipelines.pretrain import join_windows
     from mamba_dna.shards import ShardDataset
 
     ds = ShardDataset(shards, "train")
@@ -184,10 +182,9 @@ def stage_score(cfg: DemoConfig, data: Path, model_dir: str, shards: Path | None
                 out: Path, model_label: str = "Mamba LM") -> dict:
     """Zero-shot scores of both variant sets by the network and its baselines; `shards` None
     (a given --model): no corpus Markov peer (the model was trained elsewhere)."""
+    from mamba_dna.genome import Genome
     from mamba_dna.pipelines.score import ScoreConfig, evaluate_labelled, load_scorer, read_scored
     from mamba_dna.pipelines.score import run as score_run
-
-    from mamba_dna.genome import Genome
 
     p = cfg.preset
     out.mkdir(parents=True, exist_ok=True)
@@ -254,10 +251,10 @@ def _loo_1nn(X: np.ndarray, y: np.ndarray) -> float:
 
 def stage_embed(cfg: DemoConfig, data: Path, model_dir: Path, out: Path) -> dict:
     import h5py
-    from mamba_dna.pipelines.embed import EmbedConfig, run_embed
 
     from mamba_dna.baselines import kmer_profile
     from mamba_dna.genome import Genome
+    from mamba_dna.pipelines.embed import EmbedConfig, run_embed
 
     p = cfg.preset
     out.mkdir(parents=True, exist_ok=True)

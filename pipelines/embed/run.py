@@ -13,10 +13,17 @@ import numpy as np
 import torch
 
 from mamba_dna import log
+from mamba_dna.checks import nonfinite_count
 from mamba_dna.device import resolve_device
 from mamba_dna.errors import InputError
-from mamba_dna.checks import nonfinite_count
-from mamba_dna.fsutil import check_free_space, guard_output, os_errors, output_lock, prepare_output, sha256_file
+from mamba_dna.fsutil import (
+    check_free_space,
+    guard_output,
+    os_errors,
+    output_lock,
+    prepare_output,
+    sha256_file,
+)
 from mamba_dna.genome import Genome
 from mamba_dna.io import hdf5
 from mamba_dna.load import checkpoint_sha256, load_model

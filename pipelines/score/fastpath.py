@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mamba_dna.pipelines.score.emb import EmbPools
 
+from mamba_dna.pipelines.score.emb import EmbPools
 from mamba_dna.scorer import HiddenTap, as_tensor, call_tokens, clone_state, device_of, stack_states
 from mamba_dna.tokenizer import N, reverse_complement
 

@@ -7,12 +7,12 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from mamba_dna.pipelines.score.config import DISTANCE_COLUMNS, out_kind
-from mamba_dna.pipelines.score.formats import PROVENANCE_META
 
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.fsutil import guard_output, os_errors, output_lock, prepare_output
 from mamba_dna.io.vcf import RECORDS_META, TSV_ROWS, TsvWriter, VcfReader, VcfWriter, read_tsv
+from mamba_dna.pipelines.score.config import DISTANCE_COLUMNS, out_kind
+from mamba_dna.pipelines.score.formats import PROVENANCE_META
 
 SHARD_RE = re.compile(r"shard=(\d+)/(\d+)")  # in the provenance line (formats.provenance)
 

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import torch
-from mamba_dna.pipelines.score.emb import distances
 
+from mamba_dna.pipelines.score.emb import distances
 from mamba_dna.scorer import as_tensor, device_of
 from mamba_dna.tokenizer import reverse_complement
 

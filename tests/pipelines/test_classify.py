@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from mamba_dna.pipelines import classify as C
 
 from mamba_dna.cli import main
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.model import MambaConfig, MambaLM
+from mamba_dna.pipelines import classify as C
 
 # class -> base composition (A, C, G, T): separable by k-mer profiles
 COMPOSITION = {"gc_rich": [.15, .35, .35, .15], "at_rich": [.35, .15, .15, .35],

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mamba_dna.pipelines import demo as D
 
 from mamba_dna.cli import main
 from mamba_dna.errors import InputError
+from mamba_dna.pipelines import demo as D
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "data" / "fixtures"

@@ -9,12 +9,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from mamba_dna.pipelines import embed as E
-from mamba_dna.pipelines.embed import run as embed_run  # the module run_embed calls into
 
 from mamba_dna.cli import main
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.model import MambaConfig, MambaLM, rc_average_hidden
+from mamba_dna.pipelines import embed as E
+from mamba_dna.pipelines.embed import run as embed_run  # the module run_embed calls into
 from mamba_dna.tokenizer import encode, reverse_complement
 
 RECORDS = {"chr1": 2600, "chr2": 900, "chrM": 1301}  # small: CI runs on 2 shared cores

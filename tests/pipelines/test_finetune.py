@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from mamba_dna.pipelines import classify as C
-from mamba_dna.pipelines.classify import finetune as F
 
 from mamba_dna.cli import main
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.model import MambaConfig, MambaLM
+from mamba_dna.pipelines import classify as C
+from mamba_dna.pipelines.classify import finetune as F
 
 
 def markov_dna(n: int, shift: int, rng, p: float = 0.85) -> str:

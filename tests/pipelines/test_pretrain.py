@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from mamba_dna.pipelines import pretrain as pt
 
 from mamba_dna import training
 from mamba_dna.errors import ConfigError, InputError, MambaDNAError
+from mamba_dna.pipelines import pretrain as pt
 from mamba_dna.tokenizer import A, C, G, N, T
 
 REPO = Path(__file__).resolve().parents[2]

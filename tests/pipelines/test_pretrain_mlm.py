@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from mamba_dna.pipelines import pretrain as pt
 from test_pretrain import (  # noqa: F401
     _ddp_worker,
     _ref_backend_one_thread,
@@ -26,6 +25,7 @@ from test_pretrain import (  # noqa: F401
 
 from mamba_dna.errors import ConfigError
 from mamba_dna.mlm import IGNORE
+from mamba_dna.pipelines import pretrain as pt
 from mamba_dna.tokenizer import MASK, A, N, T, reverse_complement
 
 

@@ -8,6 +8,11 @@ import numpy as np
 import pysam
 import pytest
 import torch
+
+from mamba_dna.baselines import MarkovModel
+from mamba_dna.errors import ConfigError, InputError
+from mamba_dna.io.vcf import VcfReader, read_tsv
+from mamba_dna.model import MambaConfig, MambaLM
 from mamba_dna.pipelines.score import (
     ScoreConfig,
     evaluate_labelled,
@@ -20,11 +25,6 @@ from mamba_dna.pipelines.score import (
     score_contig,
     snapshot_positions,
 )
-
-from mamba_dna.baselines import MarkovModel
-from mamba_dna.errors import ConfigError, InputError
-from mamba_dna.io.vcf import VcfReader, read_tsv
-from mamba_dna.model import MambaConfig, MambaLM
 from mamba_dna.tokenizer import decode, encode
 
 
