@@ -364,7 +364,7 @@ def score(
     if ctx.invoked_subcommand is not None:
         return
     from mamba_dna.errors import ConfigError
-    from mamba_dna.pipelines.score import merge_outputs, parse_shard, run
+    from mamba_dna.pipelines.score import merge_outputs, parse_shard, run_score
 
     missing = [n for n, v in (("--vcf", vcf), ("--fasta", fasta), ("--model", model), ("--out", out)) if not v]
     if missing:
@@ -380,7 +380,7 @@ def score(
 
     ranks = rankshard.launcher_shard(shard)
     if ranks is None or out == "-":
-        run(make(out, shard, device))
+        run_score(make(out, shard, device))
         if out != "-":
             typer.echo(out)
         return
@@ -392,7 +392,7 @@ def score(
 
     done = rankshard.run_ranks(
         out, *ranks,
-        run_part=lambda s: run(make(str(part(*parse_shard(s))), s, dev)),
+        run_part=lambda s: run_score(make(str(part(*parse_shard(s))), s, dev)),
         part_path=part, merge=merge_outputs,
     )
     if done:

@@ -678,7 +678,7 @@ def test_score_header_checks_and_region_parse_are_wired(tmp_path, capsys):
 def test_score_nonfinite_model_output_is_a_counted_status_never_ok(tmp_path, value):
     from mamba_dna.io.vcf import read_tsv
     from mamba_dna.model import MambaConfig, MambaLM
-    from mamba_dna.pipelines.score import ScoreConfig, run
+    from mamba_dna.pipelines.score import ScoreConfig, run_score
 
     fa, vcf = _score_inputs(tmp_path, n=10)
     torch.manual_seed(0)
@@ -686,7 +686,7 @@ def test_score_nonfinite_model_output_is_a_counted_status_never_ok(tmp_path, val
     with torch.no_grad():
         model.backbone.norm_f.weight.fill_(value)  # every logit NaN (or +-Inf: NaN after softmax)
     cfg = ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(tmp_path / "o.tsv"), device="cpu")
-    res = run(cfg, scorer=model, progress=False)
+    res = run_score(cfg, scorer=model, progress=False)
     assert res.scored == 0 and res.skipped["nonfinite"] == 10 and "nonfinite 10" in res.line()
     _, header, rows = read_tsv(tmp_path / "o.tsv")
     status = [r[header.index("status")] for r in rows]
@@ -699,9 +699,8 @@ def test_score_sigterm_leaves_no_hidden_tmp(tmp_path):
     p = _slow_child(f"""
         import sys, time
         from pathlib import Path
-        from mamba_dna.pipelines.score import run  # the function (the package attribute)
+        import mamba_dna.pipelines.score.run as R  # the module run_score lives in
         from mamba_dna.cli import main
-        R = sys.modules["mamba_dna.pipelines.score.run"]
         orig = R.score_records
         def slow(*a, **k):
             out = orig(*a, **k)

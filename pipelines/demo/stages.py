@@ -184,7 +184,7 @@ def stage_score(cfg: DemoConfig, data: Path, model_dir: str, shards: Path | None
     (a given --model): no corpus Markov peer (the model was trained elsewhere)."""
     from mamba_dna.genome import Genome
     from mamba_dna.pipelines.score import ScoreConfig, evaluate_labelled, load_scorer, read_scored
-    from mamba_dna.pipelines.score import run as score_run
+    from mamba_dna.pipelines.score import run_score as score_run
 
     p = cfg.preset
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ Python API (numpy out)::
 
 from __future__ import annotations
 
-import importlib
+from mamba_dna.lazy import lazy_getattr
 
 # public name -> the module of this package that defines it, imported on first use (PEP 562)
 # so the CLI reads EmbedConfig's defaults without importing torch
@@ -55,9 +55,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

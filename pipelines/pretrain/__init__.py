@@ -45,4 +45,4 @@ _PUBLIC = {
 }
 __all__ = sorted(_PUBLIC)
 
-__getattr__ = lazy_getattr(__name__, _PUBLIC)
+__getattr__ = lazy_getattr(__name__, _PUBLIC, globals())

@@ -98,7 +98,7 @@ formats.py (VCF/TSV rows), run.py (the pipeline), merge.py (score merge / eval).
 
 from __future__ import annotations
 
-import importlib
+from mamba_dna.lazy import lazy_getattr
 
 # public name -> the module of this package that defines it. Imported on first use, so the
 # CLI can read ScoreConfig's defaults without importing torch (PEP 562).
@@ -110,20 +110,11 @@ _EXPORTS = {
     "evaluate_labelled": "merge", "merge_outputs": "merge", "read_scored": "merge",
     "naive_scores": "naive",
     "ScoreResult": "records",
-    "run": "run",
+    "run_score": "run",
     "is_masked": "scorers", "load_scorer": "scorers",
     "score_contig_masked": "masked",
 }
 __all__ = [*_EXPORTS, "parse_shard"]
 
 
-def __getattr__(name: str):
-    if name == "parse_shard":
-        from mamba_dna.rankshard import parse_shard
-
-        return parse_shard
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # (importing `.run` bound the submodule here: the function wins)
-    return value
+__getattr__ = lazy_getattr(__name__, {**_EXPORTS, "parse_shard": "config"}, globals())

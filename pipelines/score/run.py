@@ -28,7 +28,7 @@ from mamba_dna.scorer import HiddenTap, device_of
 from mamba_dna.tokenizer import A
 
 
-def run(cfg: ScoreConfig, scorer=None, progress: bool = True) -> ScoreResult:
+def run_score(cfg: ScoreConfig, scorer=None, progress: bool = True) -> ScoreResult:
     """Score every ALT of `cfg.vcf`; write `cfg.out`; return the counts (also logged)."""
     t0 = time.time()
     # ---- setup

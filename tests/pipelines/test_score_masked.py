@@ -18,7 +18,7 @@ from mamba_dna.genome import Genome
 from mamba_dna.io.vcf import read_tsv
 from mamba_dna.load import load_model
 from mamba_dna.mlm import mlm_llr
-from mamba_dna.pipelines.score import ScoreConfig, load_scorer, run
+from mamba_dna.pipelines.score import ScoreConfig, load_scorer, run_score
 from mamba_dna.pipelines.score.masked import allele_windows
 from mamba_dna.pipelines.score.scorers import masked_strands, trained_length
 from mamba_dna.tokenizer import BASES, COMPLEMENT, MASK, N, decode, encode
@@ -118,7 +118,7 @@ def test_kmer2_auto_through_cli_equals_direct(small_ref, tmp_path, capsys):
 def test_kmer2_unmasked_llr_and_refusals(small_ref, tmp_path, capsys):
     fa, vcf, _ = small_ref
     out = tmp_path / "u.tsv"
-    s = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:2", out=str(out), scores=("mlm", "llr")),
+    s = run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:2", out=str(out), scores=("mlm", "llr")),
             progress=False)
     rows = _rows(out)
     assert s.scored == 4 and s.skipped["not_snv_masked_model"] == 2 and s.skipped["ref_mismatch"] == 1
@@ -141,8 +141,8 @@ def test_kmer2_npz_loads_as_scorer(small_ref, tmp_path):
     m, _ = kmer2_from_spec("kmer2:3", [encode(seq)])
     m.save(tmp_path / "k.npz")
     a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
-    run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=str(tmp_path / "k.npz"), out=str(a)), progress=False)
-    run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:3", out=str(b)), progress=False)
+    run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=str(tmp_path / "k.npz"), out=str(a)), progress=False)
+    run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:3", out=str(b)), progress=False)
     assert [r["mlm_llr"] for r in _rows(a)] == [r["mlm_llr"] for r in _rows(b)]
 
 
@@ -152,7 +152,7 @@ def test_all_snvs_on_n_is_a_clear_summary(tmp_path, capsys):
     fa = tmp_path / "n.fa"
     fa.write_text(f">c1\n{seq}\n")
     vcf = _write_vcf(tmp_path / "n.vcf", "c1", [(700, "A", "C"), (800, "N", "G"), (900, "C", "T")])
-    s = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:1", out=str(tmp_path / "n.tsv")), progress=False)
+    s = run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:1", out=str(tmp_path / "n.tsv")), progress=False)
     err = capsys.readouterr().err
     assert s.scored == 0 and s.on_n == 3
     assert s.skipped == {"ref_mismatch": 2, "ambiguous_base": 1}
@@ -175,11 +175,11 @@ def test_non_finite_scores_are_a_counted_status(small_ref, tmp_path):
     fa, vcf, _ = small_ref
     out = tmp_path / "f.tsv"
     # --context 4: the centre is index 1 (NaN) -> every SNV non-finite; --context 5: centre 2 (finite)
-    s = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(out), context=4), scorer=_NanMasked(),
+    s = run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(out), context=4), scorer=_NanMasked(),
             progress=False)
     assert s.scored == 0 and s.skipped["nonfinite"] == 4
     assert all(r["mlm_llr"] == "." for r in _rows(out))
-    s = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(out), context=5), scorer=_NanMasked(),
+    s = run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="x", out=str(out), context=5), scorer=_NanMasked(),
             progress=False)
     assert s.scored == 4 and "nonfinite" not in s.skipped
 
@@ -291,7 +291,7 @@ def test_context_longer_than_trained_warns(brca1, tmp_path, capsys):
     (run_dir / "config.json").write_text(json.dumps({"seq_len": 128}))
     (run_dir / "model").symlink_to(d)
     vcf = _brca1_vcf(tmp_path, x)
-    s = run(ScoreConfig(vcf=str(vcf), fasta=str(BRCA1), model=str(run_dir / "model"), out=str(tmp_path / "c.tsv"),
+    s = run_score(ScoreConfig(vcf=str(vcf), fasta=str(BRCA1), model=str(run_dir / "model"), out=str(tmp_path / "c.tsv"),
                         context=300, device="cpu"), progress=False)
     assert s.scored == 5
     assert "--context 300 is longer than the 128 bp windows" in capsys.readouterr().err
@@ -309,7 +309,7 @@ def test_kmer2_vcf_output_reads_back_for_eval(small_ref, tmp_path):
                      + "\n" + "".join("\t".join([*ln.split("\t")[:7], f"Y={int(i < 2)}"]) + "\n"
                                       for i, ln in enumerate(body[:4])))
     out = tmp_path / "s.vcf"
-    run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:2", out=str(out)), progress=False)
+    run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model="kmer2:2", out=str(out)), progress=False)
     text = out.read_text()
     assert "##INFO=<ID=MDNA_MLM_LLR,Number=A,Type=Float" in text and "MDNA_DLL" not in text
     rows = read_scored(str(out))
