@@ -170,7 +170,7 @@ class ExternalVocab:
         names = ", ".join(VOCAB[i] for i in ids)
         raise InputError(
             f"{self.source}: the checkpoint's vocabulary has no token for mamba-dna's {names}; "
-            f"its tokens are {sorted(self.tokens, key=self.tokens.get)}"
+            f"its tokens are {_token_list(self.tokens)}"
         )
 
 
@@ -236,7 +236,7 @@ def read_external_vocab(
             if name not in tokens:
                 raise InputError(
                     f"{source}: {role} {name!r} is not in the vocabulary "
-                    f"({sorted(tokens, key=tokens.get)})"
+                    f"({_token_list(tokens)})"
                 )
             return tokens[name]
         return next((tokens[n] for n in _DEFAULT_NAMES[role] if n in tokens), -1)
@@ -420,6 +420,13 @@ def _read_vocab_txt(path: Path) -> dict[str, int]:
     return tokens
 
 
+def _token_list(tokens: Mapping[str, int], most: int = 16) -> str:
+    """The first tokens by id, for messages (a 30k vocabulary stays one short line)."""
+    names = sorted(tokens, key=tokens.get)
+    more = f", ... ({len(names) - most} more)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 # --- checks -----------------------------------------------------------------------------------
 
 
@@ -444,7 +451,7 @@ def _base_ids(tokens: Mapping[str, int], lowercase: bool, source: Path) -> tuple
         if i is None:
             raise InputError(
                 f"{source}: vocabulary has no token for base {b} (tokens: "
-                f"{sorted(tokens, key=tokens.get)})"
+                f"{_token_list(tokens)})"
             )
         out.append(i)
     if len(set(out)) != 4:
