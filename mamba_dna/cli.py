@@ -589,9 +589,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     from mamba_dna.fsutil import Terminated, os_error_message, terminate_as_exception
 
-    terminate_as_exception()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        with terminate_as_exception():
+            rc = app(args=argv, standalone_mode=False)
     except MambaDNAError as e:
         print(f"mamba-dna: error: {e.one_line()}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -258,16 +258,26 @@ class Terminated(BaseException):
     `finally` blocks and atomic writers clean up; the CLI prints one line and exits 143."""
 
 
-def terminate_as_exception() -> None:
-    """Make SIGTERM raise `Terminated` in the main thread (the default kills the process
-    before any cleanup). Pipelines that checkpoint on SIGTERM install their own handler."""
+@contextmanager
+def terminate_as_exception():
+    """While inside, SIGTERM raises `Terminated` in the main thread (the default kills the
+    process before any cleanup); the previous handler is restored on the way out, so a
+    process that calls the CLI in-process (tests, notebooks) keeps its own. Pipelines that
+    checkpoint on SIGTERM install their own handler inside."""
     import signal
 
     def _raise(signum, frame):
         raise Terminated()
 
+    previous = None
     with suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGTERM, _raise)
+        previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            with suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 def check_free_space(path, nbytes: int, what: str = "--out") -> None:

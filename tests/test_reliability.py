@@ -930,3 +930,12 @@ def test_pretrain_second_process_on_a_run_directory_is_refused(tmp_path, capsys)
         p.wait(timeout=30)
     assert not (run / "metrics.jsonl").exists()  # the second never trained
     assert cli(*args) == 0  # the dead owner's lock never blocks
+
+
+def test_cli_restores_the_callers_sigterm_handler(tmp_path):
+    """main() turns SIGTERM into a clean exit only while it runs: a process that calls the
+    CLI in-process (a test runner, a notebook) gets its own handler back."""
+    before = signal.getsignal(signal.SIGTERM)
+    src = fasta(tmp_path / "x.fa", {"a": seq(3000)})
+    assert cli("tokenize", src, "--out", tmp_path / "s", "--window", 1000, "--split-by", "block") == 0
+    assert signal.getsignal(signal.SIGTERM) is before
