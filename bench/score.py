@@ -63,7 +63,7 @@ from mamba_dna.model import MambaConfig, MambaLM  # noqa: E402
 from mamba_dna.pipelines.score import (  # noqa: E402
     ScoreConfig,
     evaluate_labelled,
-    run,
+    run_score,
     score_contig,
     snapshot_positions,
 )
@@ -226,7 +226,7 @@ def metrics(args):
                 dst = str(Path(td) / f"{name}.tsv")
                 t = time.perf_counter()
                 ctx = args.brca1_context if name == "brca1" else None
-                run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=spec, out=dst, window=args.window,
+                run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=spec, out=dst, window=args.window,
                                 context=ctx, scores=scores, emb_layer=args.emb_layer))
                 dt = time.perf_counter() - t
                 cols = ("llr", "dll") + (("emb_cos", "emb_l2") if "emb" in scores else ())
@@ -357,7 +357,7 @@ def masked_metrics(args):
                 vcf, fa = SETS[name]
                 dst = str(Path(td) / f"{name}.tsv")
                 t = time.perf_counter()
-                res = run(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=spec, out=dst, scores=scores,
+                res = run_score(ScoreConfig(vcf=str(vcf), fasta=str(fa), model=spec, out=dst, scores=scores,
                                       device="cpu"), progress=False)
                 dt = time.perf_counter() - t
                 for col in cols.split(","):

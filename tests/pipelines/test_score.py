@@ -21,7 +21,7 @@ from mamba_dna.pipelines.score import (
     parse_region,
     parse_shard,
     read_scored,
-    run,
+    run_score,
     score_contig,
     snapshot_positions,
 )
@@ -141,7 +141,7 @@ def _cfg(fa, vcf, out, **kw):
 def test_pipeline_tsv_statuses_order_and_counts(ref_vcf, tmp_path):
     fa, vcf, rows = ref_vcf
     out = tmp_path / "o.tsv"
-    s = run(_cfg(fa, vcf, out, tsv_info=("Y",)))
+    s = run_score(_cfg(fa, vcf, out, tsv_info=("Y",)))
     _, header, got = read_tsv(out)
     assert header == ["chrom", "pos", "id", "ref", "alt", "llr", "dll", "dll_norm", "status", "y"]
     # one row per ALT, in input order (records are unsorted and contigs interleaved)
@@ -164,7 +164,7 @@ def test_pipeline_tsv_statuses_order_and_counts(ref_vcf, tmp_path):
 def test_pipeline_vcf_output_readable_by_pysam(ref_vcf, tmp_path):
     fa, vcf, rows = ref_vcf
     out = tmp_path / "o.vcf"
-    run(_cfg(fa, vcf, out))
+    run_score(_cfg(fa, vcf, out))
     vf = pysam.VariantFile(str(out))
     for key in ("MDNA_LLR", "MDNA_DLL", "MDNA_DLL_NORM", "MDNA_STATUS"):
         assert vf.header.info[key].number == "A"
@@ -175,7 +175,7 @@ def test_pipeline_vcf_output_readable_by_pysam(ref_vcf, tmp_path):
     assert recs[0].info["Y"] == 0  # input INFO kept
     # the same numbers as the TSV
     tsv = tmp_path / "o.tsv"
-    run(_cfg(fa, vcf, tsv))
+    run_score(_cfg(fa, vcf, tsv))
     a = [r["llr"] for r in read_scored(str(out))]
     b = [r["llr"] for r in read_scored(str(tsv))]
     assert a == b
@@ -184,14 +184,14 @@ def test_pipeline_vcf_output_readable_by_pysam(ref_vcf, tmp_path):
 def test_strict_ref_mismatch_and_unknown_contig_are_errors(ref_vcf, tmp_path):
     fa, vcf, _ = ref_vcf
     with pytest.raises(InputError, match=r"in\.vcf:8: REF \w at chr1:200 does not match the reference"):
-        run(_cfg(fa, vcf, tmp_path / "o.tsv", strict=True))
+        run_score(_cfg(fa, vcf, tmp_path / "o.tsv", strict=True))
     assert not (tmp_path / "o.tsv").exists()  # atomic: nothing half-written
     lines = vcf.read_text().splitlines()
     only_un = tmp_path / "un.vcf"
     only_un.write_text("\n".join(lines[:6] + [lines[6], lines[11]]) + "\n")  # v0, then chrUn
     with pytest.raises(InputError, match=r"un\.vcf:8: VCF contig 'chrUn' is not in the reference"):
-        run(_cfg(fa, only_un, tmp_path / "o.tsv", strict=True))
-    s = run(_cfg(fa, only_un, tmp_path / "o.tsv"))  # without --strict: flagged and counted
+        run_score(_cfg(fa, only_un, tmp_path / "o.tsv", strict=True))
+    s = run_score(_cfg(fa, only_un, tmp_path / "o.tsv"))  # without --strict: flagged and counted
     assert s.skipped == {"unknown_contig": 1} and s.scored == 2
 
 
@@ -203,12 +203,12 @@ def test_contig_alias_option_and_clear_message(ref_vcf, tmp_path):
     v2 = tmp_path / "renamed.vcf"
     v2.write_text(text)
     with pytest.raises(InputError, match=r"--chrom-alias NC_0001=RECORD"):
-        run(_cfg(fa, v2, tmp_path / "x.tsv"))
+        run_score(_cfg(fa, v2, tmp_path / "x.tsv"))
     assert not (tmp_path / "x.tsv").exists()
     alias = tmp_path / "alias.txt"
     alias.write_text("NC_0001\t1\nNC_0002\tMT\n")
     for spec in ("NC_0001=1,NC_0002=MT", str(alias)):
-        s = run(_cfg(fa, v2, tmp_path / "y.tsv", chrom_alias=spec))
+        s = run_score(_cfg(fa, v2, tmp_path / "y.tsv", chrom_alias=spec))
         assert "unknown_contig" not in s.skipped
         # the former chrUn record (REF 'A' at 5) now lands on record 1: scored or flagged
         assert s.scored + s.skipped["ref_mismatch"] == 5 + 1 + 1
@@ -218,11 +218,11 @@ def test_shards_merged_equal_single_run(ref_vcf, tmp_path):
     fa, vcf, _ = ref_vcf
     for ext in (".tsv", ".vcf.gz"):
         single = tmp_path / f"single{ext}"
-        run(_cfg(fa, vcf, single))
+        run_score(_cfg(fa, vcf, single))
         parts = []
         for i in (2, 0, 1):
             p = tmp_path / f"part{i}{ext}"
-            run(_cfg(fa, vcf, p, shard=f"{i}/3"))
+            run_score(_cfg(fa, vcf, p, shard=f"{i}/3"))
             parts.append(str(p))
         merged = tmp_path / f"merged{ext}"
         merge_outputs(parts, str(merged))
@@ -234,7 +234,7 @@ def test_shards_merged_equal_single_run(ref_vcf, tmp_path):
 def test_region_and_option_parsing(ref_vcf, tmp_path):
     fa, vcf, _ = ref_vcf
     out = tmp_path / "r.tsv"
-    run(_cfg(fa, vcf, out, region="chr1:100-250"))
+    run_score(_cfg(fa, vcf, out, region="chr1:100-250"))
     _, _, rows = read_tsv(out)
     assert sorted({r[2] for r in rows}) == ["v0", "v1"]
     assert parse_region("chr2:1,000-2,000") == ("chr2", 999, 2000)
@@ -247,19 +247,19 @@ def test_region_and_option_parsing(ref_vcf, tmp_path):
     with pytest.raises(ConfigError):
         _cfg(fa, vcf, out, scores=("llr", "cadd"))
     with pytest.raises(ConfigError, match="--out"):
-        run(_cfg(fa, vcf, tmp_path / "o.bed"))
+        run_score(_cfg(fa, vcf, tmp_path / "o.bed"))
 
 
 def test_markov_auto_and_saved_markov(ref_vcf, tmp_path):
     fa, vcf, _ = ref_vcf
-    s = run(_cfg(fa, vcf, tmp_path / "a.tsv", model="markov:auto", scores=("llr",)))
+    s = run_score(_cfg(fa, vcf, tmp_path / "a.tsv", model="markov:auto", scores=("llr",)))
     assert s.scored == 5
     m = MarkovModel(2).fit([encode("ACGTTGCAAGT" * 20)])
     m.save(tmp_path / "m.npz")
-    s = run(_cfg(fa, vcf, tmp_path / "b.tsv", model=str(tmp_path / "m.npz")))
+    s = run_score(_cfg(fa, vcf, tmp_path / "b.tsv", model=str(tmp_path / "m.npz")))
     assert s.scored == 5
     with pytest.raises(ConfigError, match="markov:K"):
-        run(_cfg(fa, vcf, tmp_path / "c.tsv", model="markov:six"))
+        run_score(_cfg(fa, vcf, tmp_path / "c.tsv", model="markov:six"))
 
 
 def test_network_model_directory_end_to_end(ref_vcf, tmp_path):
@@ -267,7 +267,7 @@ def test_network_model_directory_end_to_end(ref_vcf, tmp_path):
     d = tmp_path / "model"
     _tiny_mamba(3).save_pretrained(d)
     out = tmp_path / "n.tsv"
-    s = run(_cfg(fa, vcf, out, model=str(d), batch_size=2))
+    s = run_score(_cfg(fa, vcf, out, model=str(d), batch_size=2))
     assert s.scored == 5
     _, header, rows = read_tsv(out)
     ok = [r for r in rows if r[8] in ("ok", "edge")]
@@ -315,7 +315,7 @@ def test_evaluate_labelled_metrics(tmp_path):
 def test_real_mtdna_set_markov_is_near_chance(tmp_path, shared_data):
     d = shared_data / "variants/human_mt_mitomap"
     out = tmp_path / "mt.tsv"
-    s = run(ScoreConfig(vcf=str(d / "mt_labeled_pathogenic_vs_common.vcf.gz"), fasta=str(d / "rCRS_MT.fasta"),
+    s = run_score(ScoreConfig(vcf=str(d / "mt_labeled_pathogenic_vs_common.vcf.gz"), fasta=str(d / "rCRS_MT.fasta"),
                         model="markov:6", out=str(out), scores=("llr",)))
     assert s.scored == 437 and not s.skipped
     r = evaluate_labelled(str(out), str(d / "mt_labeled_pathogenic_vs_common.vcf.gz"), "Y")
@@ -375,7 +375,7 @@ def test_emb_fast_path_equals_two_full_haplotypes_through_hidden(layer):
 def test_emb_needs_a_network_model_and_a_valid_layer(ref_vcf, tmp_path):
     fa, vcf, _ = ref_vcf
     with pytest.raises(ConfigError, match="no embeddings"):
-        run(_cfg(fa, vcf, tmp_path / "m.tsv", scores=("llr", "emb")))
+        run_score(_cfg(fa, vcf, tmp_path / "m.tsv", scores=("llr", "emb")))
     assert not (tmp_path / "m.tsv").exists()
     x = np.random.default_rng(0).integers(4, 8, 100).astype(np.uint8)
     with pytest.raises(ConfigError, match="no embeddings"):
@@ -383,7 +383,7 @@ def test_emb_needs_a_network_model_and_a_valid_layer(ref_vcf, tmp_path):
     d = tmp_path / "model"
     _tiny_mamba(3).save_pretrained(d)  # 2 blocks: layers -3 .. 2
     with pytest.raises(ConfigError, match=r"--emb-layer 3: expected an integer in \[-3, 2\]"):
-        run(_cfg(fa, vcf, tmp_path / "n.tsv", model=str(d), scores=("emb",), emb_layer=3))
+        run_score(_cfg(fa, vcf, tmp_path / "n.tsv", model=str(d), scores=("emb",), emb_layer=3))
     with pytest.raises(ConfigError, match="--emb-layer 'last'"):
         _cfg(fa, vcf, tmp_path / "n.tsv", model=str(d), scores=("emb",), emb_layer="last")
     assert _cfg(fa, vcf, tmp_path / "n.tsv", emb_layer="-1").emb_layer == -1
@@ -407,7 +407,7 @@ def test_emb_in_vcf_and_tsv_outputs_and_eval_direction(ref_vcf, tmp_path):
     d = tmp_path / "model"
     _tiny_mamba(3).save_pretrained(d)
     out = tmp_path / "e.vcf.gz"
-    s = run(_cfg(fa, vcf, out, model=str(d), scores=("llr", "dll", "emb"), emb_layer=-1, batch_size=2))
+    s = run_score(_cfg(fa, vcf, out, model=str(d), scores=("llr", "dll", "emb"), emb_layer=-1, batch_size=2))
     assert s.scored == 5
     vf = pysam.VariantFile(str(out))
     for key in ("MDNA_EMB_COS", "MDNA_EMB_L2"):
@@ -417,7 +417,7 @@ def test_emb_in_vcf_and_tsv_outputs_and_eval_direction(ref_vcf, tmp_path):
     assert len(ok) == 5 and all(float(r["emb_cos"]) >= 0 and float(r["emb_l2"]) > 0 for r in ok)
     assert all(r["emb_cos"] == "." for r in rows if r["status"] not in ("ok", "edge"))
     tsv = tmp_path / "e.tsv"
-    run(_cfg(fa, vcf, tsv, model=str(d), scores=("emb",), emb_layer=-1))
+    run_score(_cfg(fa, vcf, tsv, model=str(d), scores=("emb",), emb_layer=-1))
     _, header, _ = read_tsv(tsv)
     assert header[5:8] == ["emb_cos", "emb_l2", "status"]
     assert [r["emb_l2"] for r in read_scored(str(tsv))] == [r["emb_l2"] for r in rows]
