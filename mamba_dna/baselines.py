@@ -72,6 +72,30 @@ def _context_index(code: np.ndarray, order: int) -> np.ndarray:
     return idx
 
 
+def _save_npz(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """A baseline file: JSON metadata + named arrays in one compressed .npz (no pickle),
+    written atomically."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+def _read_npz(path: Path, fmt: str | None, what: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays) of a baseline file written by `_save_npz`; `fmt` (None: any) must
+    match its "format". Errors name the file (InputError)."""
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+    except (KeyError, ValueError, OSError) as e:
+        raise InputError(f"{path}: unreadable {what} file ({e})") from e
+    if fmt is not None and meta.get("format") != fmt:
+        raise InputError(f"{path}: not a mamba-dna {what} (format {meta.get('format')!r})")
+    return meta, arrays
+
+
 class MarkovModel:
     """Order-k Markov LM over A/C/G/T (see the module docstring).
 
@@ -229,25 +253,17 @@ class MarkovModel:
             "n_fitted": self.n_fitted,
             "index": "most recent base = least significant base-4 digit; columns A C G T",
         }
-        arrays = {f"counts_{j}": c for j, c in enumerate(self.counts)}
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        _save_npz(path, meta, {f"counts_{j}": c for j, c in enumerate(self.counts)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MarkovModel:
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: Markov model file not found")
+        meta, z = _read_npz(path, FORMAT, "Markov model")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                if meta.get("format") != FORMAT:
-                    raise InputError(f"{path}: not a mamba-dna Markov model (format {meta.get('format')!r})")
-                m = cls(meta["order"], meta["pseudocount"])
-                m.counts = [z[f"counts_{j}"].astype(np.float64) for j in range(m.order + 1)]
-                m.n_fitted = int(meta.get("n_fitted", 0))
-        except (KeyError, ValueError, OSError) as e:
+            m = cls(meta["order"], meta["pseudocount"])
+            m.counts = [z[f"counts_{j}"].astype(np.float64) for j in range(m.order + 1)]
+            m.n_fitted = int(meta.get("n_fitted", 0))
+        except (KeyError, ValueError) as e:
             raise InputError(f"{path}: unreadable Markov model file ({e})") from e
         for j, c in enumerate(m.counts):
             if c.shape != (4**j, 4):
@@ -579,25 +595,18 @@ class TwoSidedKmer:
         arrays = {}
         for j in range(self.k + 1):
             arrays[f"keys_{j}"], arrays[f"counts_{j}"] = self.keys[j], self.counts[j]
-        with atomic_path(Path(path), suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        _save_npz(Path(path), meta, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TwoSidedKmer:
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: two-sided k-mer model file not found")
+        meta, z = _read_npz(path, KMER2_FORMAT, "two-sided k-mer model")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                if meta.get("format") != KMER2_FORMAT:
-                    raise InputError(f"{path}: not a mamba-dna two-sided k-mer model (format {meta.get('format')!r})")
-                m = cls(meta["k"], meta["alpha"])
-                m.keys = [z[f"keys_{j}"].astype(np.int64) for j in range(m.k + 1)]
-                m.counts = [z[f"counts_{j}"].astype(np.uint32) for j in range(m.k + 1)]
-                m.n_fitted = int(meta.get("n_fitted", 0))
-        except (KeyError, ValueError, OSError) as e:
+            m = cls(meta["k"], meta["alpha"])
+            m.keys = [z[f"keys_{j}"].astype(np.int64) for j in range(m.k + 1)]
+            m.counts = [z[f"counts_{j}"].astype(np.uint32) for j in range(m.k + 1)]
+            m.n_fitted = int(meta.get("n_fitted", 0))
+        except (KeyError, ValueError) as e:
             raise InputError(f"{path}: unreadable two-sided k-mer model file ({e})") from e
         for j in range(m.k + 1):
             kj, cj = m.keys[j], m.counts[j]
@@ -687,11 +696,7 @@ def kmer2_from_spec(
 def load_baseline(path: str | os.PathLike) -> MarkovModel | TwoSidedKmer:
     """A saved baseline .npz of either kind (dispatch on its `format`)."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            fmt = json.loads(bytes(z["meta"]).decode()).get("format")
-    except (KeyError, ValueError, OSError) as e:
-        raise InputError(f"{path}: not a mamba-dna baseline model file ({e})") from e
-    if fmt == KMER2_FORMAT:
+    meta, _ = _read_npz(path, None, "baseline model")
+    if meta.get("format") == KMER2_FORMAT:
         return TwoSidedKmer.load(path)
     return MarkovModel.load(path)
