@@ -133,42 +133,34 @@ def score_records(cfg: ScoreConfig, scorer, genome, group: list[VcfRecord], fast
                       emb_layer=cfg.emb_layer, window=cfg.window, snapshot_every=cfg.snapshot_every,
                       chunk=cfg.chunk, batch_size=cfg.batch_size, context=cfg.context)
     bad = _nonfinite(cfg, sc, refs, alts, int(x.size))  # (n,) a NaN/Inf where a score is defined
+    skip = [NONFINITE if b else None for b in bad]  # never "ok": counted, no value written
+    _fill(where, results, result, sc, [c for c in blank if c in sc], skip)  # mlm_llr: masked only
+    return results
+
+
+def _fill(where, results, result, sc: dict, columns, skip) -> None:
+    """Write each scored ALT's values (NaN -> empty) and status into `results` and count it:
+    `skip[k]` is the status of a variant given no values (None: scored)."""
     for k, (gi, ai) in enumerate(where):
         r = results[gi][ai]
-        if bad[k]:  # never "ok": counted as skipped, no value written
-            r["status"] = NONFINITE
-            result.skipped[NONFINITE] += 1
+        if skip[k] is not None:
+            r["status"] = skip[k]
+            result.skipped[skip[k]] += 1
             continue
-        for c in blank:
-            if c not in sc:  # mlm_llr: masked models only
-                continue
+        for c in columns:
             v = float(sc[c][k])
             r[c] = None if math.isnan(v) else v
         if sc["edge"][k]:
             r["status"] = "edge"
             result.edge += 1
         result.scored += 1
-    return results
 
 
 def _masked(cfg, scorer, x, starts, refs, alts, where, results, result) -> None:
     """Fill `results` for a masked scorer (MLM_LLR / unmasked LLR / EMB; see masked.py)."""
     sc = score_contig_masked(scorer, x, starts, refs, alts, scores=cfg.scores, strands=masked_strands(scorer),
                              context=cfg.context, emb_layer=cfg.emb_layer, batch_size=cfg.batch_size)
-    for k, (gi, ai) in enumerate(where):
-        r = results[gi][ai]
-        why = sc["status"][k]
-        if why is not None:
-            r["status"] = why
-            result.skipped[why] += 1
-            continue
-        for c in ("mlm_llr", "llr", "emb_cos", "emb_l2"):
-            v = float(sc[c][k])
-            r[c] = None if math.isnan(v) else v
-        if sc["edge"][k]:
-            r["status"] = "edge"
-            result.edge += 1
-        result.scored += 1
+    _fill(where, results, result, sc, ("mlm_llr", "llr", "emb_cos", "emb_l2"), sc["status"])
 
 
 def _nonfinite(cfg: ScoreConfig, sc: dict, refs, alts, L: int) -> np.ndarray:
