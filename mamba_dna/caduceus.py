@@ -50,12 +50,12 @@ from mamba_dna.kernels import causal_conv1d_fn, selective_scan_fn
 from mamba_dna.model import (
     CONFIG_NAME,
     DNA_TOKENIZER,
-    VERSION_NAME,
     WEIGHTS_NAME,
     MambaConfig,
     MambaMixer,
     RMSNorm,
     _cpu_tile_tokens,
+    write_model_dir,
 )
 from mamba_dna.tokenizer import BASES, COMPLEMENT, VOCAB, VOCAB_SIZE
 
@@ -537,21 +537,9 @@ class CaduceusLM(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """config.json (architecture CaduceusLM), model.safetensors (tied tensors once), version."""
-        from safetensors.torch import save_file
-
-        from mamba_dna.fsutil import atomic_path
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         tied = self._tied_names()
         sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k not in tied}
-        with atomic_path(d / WEIGHTS_NAME) as tmp:
-            save_file(sd, str(tmp), metadata={"format": "pt", "mamba_dna_version": __version__})
-        with atomic_path(d / VERSION_NAME) as tmp:
-            tmp.write_text(__version__ + "\n")
-        with atomic_path(d / CONFIG_NAME) as tmp:
-            tmp.write_text(self.config.to_json())
-        return d
+        return write_model_dir(directory, sd, self.config.to_json())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location="cpu") -> CaduceusLM:

@@ -411,6 +411,29 @@ class Backbone(nn.Module):
 # --------------------------------------------------------------------------- the LM
 
 
+def write_model_dir(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor],
+                    config_json: str, tokenizer_json: str | None = None) -> Path:
+    """A model directory: model.safetensors, tokenizer.json (if given), mamba_dna_version and
+    config.json, each written atomically, config.json last (a directory with a config is
+    complete). Shared by every model class's save_pretrained."""
+    from safetensors.torch import save_file
+
+    from mamba_dna.fsutil import atomic_path
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with atomic_path(d / WEIGHTS_NAME) as tmp:
+        save_file(state_dict, str(tmp), metadata={"format": "pt", "mamba_dna_version": __version__})
+    if tokenizer_json is not None:
+        with atomic_path(d / TOKENIZER_NAME) as tmp:
+            tmp.write_text(tokenizer_json)
+    with atomic_path(d / VERSION_NAME) as tmp:
+        tmp.write_text(__version__ + "\n")
+    with atomic_path(d / CONFIG_NAME) as tmp:
+        tmp.write_text(config_json)
+    return d
+
+
 class MambaLM(nn.Module):
     """Mamba language model over single-nucleotide tokens (any vocab for converted models)."""
 
@@ -625,27 +648,13 @@ class MambaLM(nn.Module):
         Each file is written atomically; config.json last, so a directory with a config
         is complete. Tied weights are stored once (lm_head.weight is dropped).
         """
-        from safetensors.torch import save_file
-
-        from mamba_dna.fsutil import atomic_path
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         if self.config.tie_embeddings:
             sd.pop("lm_head.weight", None)
-        with atomic_path(d / WEIGHTS_NAME) as tmp:
-            save_file(sd, str(tmp), metadata={"format": "pt", "mamba_dna_version": __version__})
         if write_tokenizer is None:
             write_tokenizer = self.config.tokenizer == DNA_TOKENIZER
-        if write_tokenizer:
-            with atomic_path(d / TOKENIZER_NAME) as tmp:
-                tmp.write_text(TokenizerSpec().to_json())
-        with atomic_path(d / VERSION_NAME) as tmp:
-            tmp.write_text(__version__ + "\n")
-        with atomic_path(d / CONFIG_NAME) as tmp:
-            tmp.write_text(self.config.to_json())
-        return d
+        return write_model_dir(directory, sd, self.config.to_json(),
+                               TokenizerSpec().to_json() if write_tokenizer else None)
 
     @classmethod
     def from_pretrained(
