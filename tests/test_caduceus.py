@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamba_dna.caduceus import CaduceusLM, ModelConfig
+from mamba_dna.caduceus import BiMamba, CaduceusLM, ModelConfig, _pairs_to_keep, _palindromic_tiles
 from mamba_dna.errors import ConfigError, InputError
 from mamba_dna.load import caduceus_config_from_hub, load_caduceus_dir, load_model
 from mamba_dna.model import MambaLM
@@ -329,6 +329,86 @@ def test_bimamba_direction_semantics(monkeypatch):
         rev_only = mix.rev(u.flip(1))[0].flip(1)
     torch.testing.assert_close(full, fwd_only + rev_only, atol=1e-5, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize(("L", "tile", "cache_mb"), [
+    (1, "0", None), (37, "0", None),  # one piece: the middle tile serves both directions
+    (2600, "1", None),  # 3 tiles of ~867: a kept pair and the middle tile
+    (4096, "1", None),  # 4 tiles, 2 kept pairs
+    (4097, "1", None),  # odd L would need an edge at L / 2: 5 tiles instead
+    (7000, "1", "1"),  # 7 tiles, the 1 MiB budget keeps the 2 inner pairs, not the outer one
+    (7000, "1", "0"),  # nothing kept: every step projects both of its tiles
+])
+@pytest.mark.parametrize(("tie", "strategy"), [(True, "add"), (True, "ew_multiply"), (False, "add"),
+                                               (False, "ew_multiply")])
+def test_bimamba_tiles_and_shared_projections_equal_two_mixers(L, tile, cache_mb, tie, strategy, monkeypatch):
+    """BiMamba (tiles in scan time, in_proj shared by the tied directions and kept between a
+    pair's steps, out = W (y_f + y_r)) = the two MambaMixers run whole, one on the flipped
+    input: outputs and every gradient, with and without autograd."""
+    monkeypatch.setenv("MAMBA_DNA_CPU_TILE", tile)
+    if cache_mb is None:
+        monkeypatch.delenv("MAMBA_DNA_BIDIR_CACHE_MB", raising=False)
+    else:
+        monkeypatch.setenv("MAMBA_DNA_BIDIR_CACHE_MB", cache_mb)
+    torch.manual_seed(L)
+    cfg = ModelConfig(d_model=8, n_layer=1, bidirectional=True, bidirectional_strategy=strategy,
+                      bidirectional_weight_tie=tie)
+    mix = BiMamba(cfg)
+    with torch.no_grad():
+        for p in mix.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        if tie:  # biases on the tied projections too (Caduceus has none; ours may)
+            mix.fwd.in_proj.bias = torch.nn.Parameter(0.1 * torch.randn(mix.fwd.in_proj.out_features))
+            mix.fwd.out_proj.bias = torch.nn.Parameter(0.1 * torch.randn(8))
+            mix.tie()
+    u = torch.randn(2, L, 8)
+
+    def reference(u):
+        f = mix.fwd(u)[0]  # (2, L, 8)
+        r = mix.rev(u.flip(1))[0].flip(1)
+        return f + r if strategy == "add" else f * r
+
+    with torch.no_grad():
+        torch.testing.assert_close(mix(u), reference(u), atol=2e-5, rtol=1e-5)
+    w = torch.randn(2, L, 8)
+
+    def grads(fn):
+        mix.zero_grad()
+        x = u.clone().requires_grad_(True)
+        out = fn(x)
+        (out * w).sum().backward()
+        return out.detach(), x.grad, {k: p.grad.clone() for k, p in mix.named_parameters()}
+
+    out, gu, gp = grads(mix)
+    out_ref, gu_ref, gp_ref = grads(reference)
+    torch.testing.assert_close(out, out_ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(gu, gu_ref, atol=1e-4, rtol=1e-4)
+    assert set(gp) == set(gp_ref)
+    for k in gp:
+        scale = gp_ref[k].abs().max().clamp(min=1e-3)
+        torch.testing.assert_close(gp[k], gp_ref[k], atol=1e-4 * scale, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("L", [1, 2, 999, 1024, 1025, 2048, 2049, 4097, 7000, 131_072, 1_048_575])
+@pytest.mark.parametrize("tile", [1024, 1536])
+def test_palindromic_tiles(L, tile):
+    t = _palindromic_tiles(L, tile)
+    k = len(t) - 1
+    assert t[0] == 0 and t[-1] == L
+    assert all(t[i] < t[i + 1] for i in range(k)), t  # no empty tile
+    assert all(t[k - i] == L - t[i] for i in range(k + 1)), t  # mirror image
+    assert max(t[i + 1] - t[i] for i in range(k)) <= tile + 1
+    assert k <= -(-L // tile) + 1
+
+
+def test_bidir_cache_budget_errors(monkeypatch):
+    monkeypatch.setenv("MAMBA_DNA_BIDIR_CACHE_MB", "lots")
+    with pytest.raises(ConfigError, match="MAMBA_DNA_BIDIR_CACHE_MB"):
+        _pairs_to_keep([0, 10, 20, 30], 4, True)
+    monkeypatch.setenv("MAMBA_DNA_BIDIR_CACHE_MB", "1")
+    t = _palindromic_tiles(7000, 1024)  # 7 tiles: pairs (0, 6), (1, 5), (2, 4)
+    assert _pairs_to_keep(t, 96, True) == {1, 2}  # ~0.38 MiB a pair: the two inner ones fit
+    assert _pairs_to_keep(t, 96, False) == set()  # untied: nothing to share
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("L", [1, 37, 300])
