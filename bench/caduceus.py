@@ -1,23 +1,29 @@
 """Caduceus-PS forward on CPU: ours against the plain PyTorch sequential scan, and per Mamba call
 against the causal model of the same width.
 
-    .venv/bin/python bench/caduceus.py                 # the full table (several minutes)
+    .venv/bin/python bench/caduceus.py                 # the full table (~40 min on 2 cores)
     .venv/bin/python bench/caduceus.py --lengths 1024 --peer-max 1024 --skip-big
 
 Model: Caduceus-PS d_model 256 x 16 layers (the size of the 131k checkpoints), random weights,
 batch 1. Rows:
 * ours: CaduceusLM forward (no grad), PS halves stacked on the batch, both directions in one
   grouped scan, CPU tiles (mamba_dna/caduceus.py);
-* peer: the same weights and the same module, with the scan swapped for a plain PyTorch
-  sequential scan that materialises (batch, d_inner, L, d_state) for exp(dt A) and dt B u first
-  (what mamba_ssm's selective_scan_ref and transformers' slow path do), conv and norm through
-  PyTorch ops, no tiling; its logits are checked against ours first; it runs only up to
-  --peer-max (it is ~2 orders of magnitude slower and O(L d N) in memory);
+* peer: how the real Caduceus code runs without CUDA: every strand (RCPS wrapper) and every
+  direction (BiMamba wrapper) is its own Mamba call on one batch row, through Mamba's slow
+  path (in_proj, nn.Conv1d-style padded depthwise conv + SiLU, x_proj, dt_proj, out_proj as
+  PyTorch ops) with a plain PyTorch sequential scan that materialises (batch, d_inner, L,
+  d_state) for exp(dt A) and dt B u first (what mamba_ssm's selective_scan_ref and
+  transformers' slow path do): 4 scans of d_inner channels per layer, no tiling;
+* peer-stacked: a stronger peer, ours with only the scan swapped for that sequential scan
+  (both strands on the batch and both directions on the channels of ONE scan, so a quarter
+  of the Python steps);
+  both peers' logits are checked against ours first; they run only up to --peer-max (they
+  are ~2 orders of magnitude slower and O(L d N) in memory);
 * causal: MambaLM of the same width (d_model 256, --causal-layers layers); "per call" divides a
   forward by the number of Mamba scans it runs (causal: 1 per layer; PS: 4 per layer = 2 strands
   x 2 directions).
-* 2^20: one forward of a PS model of the same width with --big-layers layers (default 2: 16
-  layers take ~15 min on 2 cores), to show a megabase runs in O(L d) memory.
+* 2^20: one forward of a PS model of the same width with --big-layers layers (default 16,
+  ~15 min on 2 cores), to show a megabase runs in O(L d) memory.
 
 Each measurement runs in a fresh subprocess, so `peak_rss_GB` is that process's own peak
 (ru_maxrss) and `over_base` the peak minus the RSS after building the model.
@@ -37,6 +43,7 @@ import sys
 import time
 
 D_MODEL, N_LAYER = 256, 16
+PEERS = ("peer", "peer-stacked")
 
 
 def _rss_gb() -> float:
@@ -76,6 +83,51 @@ def peer_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     return (y, h) if return_last_state else y
 
 
+def slow_mamba(m, x):
+    """One Mamba mixer over x (batch, L, d_model) as mamba_ssm's slow path runs it -> same shape."""
+    import torch
+    import torch.nn.functional as F
+
+    L, di, R, N = x.shape[1], m.d_inner, m.dt_rank, m.d_state
+    K = m.conv1d.weight.shape[-1]
+    xz = m.in_proj(x).transpose(1, 2)  # (batch, 2 di, L)
+    xi, z = xz[:, :di], xz[:, di:]
+    xi = F.silu(F.conv1d(xi, m.conv1d.weight, m.conv1d.bias, padding=K - 1, groups=di)[..., :L])
+    x_dbl = m.x_proj(xi.transpose(1, 2))  # (batch, L, R + 2N)
+    dt = F.linear(x_dbl[..., :R], m.dt_proj.weight).transpose(1, 2)  # (batch, di, L)
+    Bm = x_dbl[..., R:R + N].transpose(1, 2)  # (batch, N, L)
+    Cm = x_dbl[..., R + N:].transpose(1, 2)
+    A = -torch.exp(m.A_log.float())  # (di, N)
+    y = peer_scan(xi, dt, A, Bm, Cm, m.D.float(), z=z, delta_bias=m.dt_proj.bias.float(),
+                  delta_softplus=True)  # (batch, di, L)
+    return m.out_proj(y.transpose(1, 2).to(x.dtype))  # (batch, L, d_model)
+
+
+def split_bimamba_forward(self, u):
+    """BiMamba as the real code runs it: u (rows, L, d); each row (an RC-PS strand of a batch-1
+    input) and each direction is its own slow Mamba call."""
+    import torch
+
+    outs = []
+    for r in range(u.shape[0]):
+        x = u[r:r + 1]  # (1, L, d)
+        f = slow_mamba(self.fwd, x)
+        rv = slow_mamba(self.rev, x.flip(1)).flip(1)
+        outs.append(f + rv if self.strategy == "add" else f * rv)
+    return torch.cat(outs)
+
+
+def use_peer(impl: str):
+    """Switch this process to a peer: 'peer' (the real code's structure) or 'peer-stacked'."""
+    import mamba_dna.caduceus as cad
+
+    os.environ["MAMBA_DNA_BACKEND"] = "ref"
+    os.environ["MAMBA_DNA_CPU_TILE"] = "0"
+    cad.selective_scan_fn = peer_scan
+    if impl == "peer":
+        cad.BiMamba.forward = split_bimamba_forward
+
+
 def build(kind: str, layers: int):
     import torch
 
@@ -91,12 +143,8 @@ def build(kind: str, layers: int):
 def child(args) -> None:
     import torch
 
-    import mamba_dna.caduceus as cad
-
-    if args.impl == "peer":
-        os.environ["MAMBA_DNA_BACKEND"] = "ref"
-        os.environ["MAMBA_DNA_CPU_TILE"] = "0"
-        cad.selective_scan_fn = peer_scan
+    if args.impl.startswith("peer"):
+        use_peer(args.impl)
     model = build("causal" if args.impl == "causal" else "ps", args.layers)
     ids = torch.randint(4, 8, (1, args.L), generator=torch.Generator().manual_seed(1))
     base = _rss_gb()
@@ -111,26 +159,28 @@ def child(args) -> None:
                       "finite": bool(torch.isfinite(out[..., 4:8]).all())}))
 
 
-def check() -> None:
-    """Peer and ours give the same logits (L 300, 2 layers of the bench width)."""
+def check(impl: str) -> None:
+    """A peer and ours give the same logits (L 300, 2 layers of the bench width, tiles of
+    1,024 tokens in ours at L 2,600 too)."""
     import torch
 
-    import mamba_dna.caduceus as cad
-
-    model = build("ps", 2)
-    ids = torch.randint(4, 8, (1, 300), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ours = model(ids)
-        real = cad.selective_scan_fn
-        os.environ["MAMBA_DNA_BACKEND"] = "ref"
-        cad.selective_scan_fn = peer_scan
-        try:
+    diffs = {}
+    for L in (300, 2600):
+        model = build("ps", 2)
+        ids = torch.randint(4, 8, (1, L), generator=torch.Generator().manual_seed(2))
+        os.environ["MAMBA_DNA_CPU_TILE"] = "1"  # the smallest tiles (1,024 tokens)
+        with torch.no_grad():
+            ours = model(ids)
+            use_peer(impl)
             peer = model(ids)
-        finally:
-            cad.selective_scan_fn = real
-            os.environ.pop("MAMBA_DNA_BACKEND")
-    diff = (ours[..., 4:8] - peer[..., 4:8]).abs().max().item()
-    print(json.dumps({"max_abs_diff": diff}))
+        import importlib
+
+        import mamba_dna.caduceus as cad
+
+        importlib.reload(cad)  # back to ours for the next length
+        os.environ.pop("MAMBA_DNA_BACKEND")
+        diffs[L] = (ours[..., 4:8] - peer[..., 4:8]).abs().max().item()
+    print(json.dumps({"max_abs_diff": max(diffs.values())}))
 
 
 def run_child(*extra: str, timeout: float = 3600) -> dict | None:
@@ -154,9 +204,10 @@ def layer_activation_gb(L: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="1024,4096,16384,131072")
-    ap.add_argument("--peer-max", type=int, default=4096, help="longest L the peer runs at")
+    ap.add_argument("--peer-max", type=int, default=16384, help="longest L the peer runs at")
+    ap.add_argument("--stacked-max", type=int, default=4096, help="longest L peer-stacked runs at")
     ap.add_argument("--causal-layers", type=int, default=4)
-    ap.add_argument("--big-layers", type=int, default=2, help="layers of the 2^20 run")
+    ap.add_argument("--big-layers", type=int, default=N_LAYER, help="layers of the 2^20 run (16: ~15 min)")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
@@ -169,7 +220,7 @@ def main(argv=None) -> int:
         child(args)
         return 0
     if args.check:
-        check()
+        check(args.impl)
         return 0
     sys.path.insert(0, os.path.dirname(__file__))
     from _common import cpu_model
@@ -178,17 +229,22 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     log(f"machine: {cpu_model()}, {os.cpu_count()} CPUs (shared with other jobs)")
-    p = subprocess.run([sys.executable, __file__, "--check"], capture_output=True, text=True)
-    chk = json.loads(p.stdout.strip().splitlines()[-1])
-    log(f"peer vs ours, logits of a 2-layer PS at L 300: max |diff| = {chk['max_abs_diff']:.2e}")
+    for peer in PEERS:
+        p = subprocess.run([sys.executable, __file__, "--check", "--impl", peer], capture_output=True, text=True)
+        if p.returncode != 0:
+            print(p.stderr[-2000:], file=sys.stderr)
+            return 1
+        chk = json.loads(p.stdout.strip().splitlines()[-1])
+        log(f"{peer} vs ours, logits of a 2-layer PS at L 300 and 2,600: max |diff| = {chk['max_abs_diff']:.2e}")
     rows = []
     lengths = [int(x) for x in args.lengths.split(",")]
     for L in lengths:
-        for impl in ("ours", "peer", "causal"):
-            if impl == "peer" and L > args.peer_max:
+        for impl in ("ours", *PEERS, "causal"):
+            if impl.startswith("peer") and L > (args.stacked_max if impl == "peer-stacked" else args.peer_max):
                 continue
             layers = args.causal_layers if impl == "causal" else N_LAYER
-            reps = 2 if (impl != "peer" and L <= 4096) else 1
+            # ours/causal: the best of several forwards (the first ones grow the heap)
+            reps = 1 if impl.startswith("peer") else 4 if L <= 4096 else 2 if L <= 16384 else 1
             log(f"{impl} L={L} layers={layers} ...")
             r = run_child("--impl", impl, "--L", str(L), "--layers", str(layers), "--repeats", str(reps))
             if r is None:
@@ -211,8 +267,9 @@ def main(argv=None) -> int:
         print(f"{impl}\t{L}\t{layers}\t{tps:,.0f}\t{cps:,.0f}\t{peak:.2f}\t{over:.2f}\t{layer_activation_gb(L):.2f}")
     by = {(impl, L): (tps, cps) for impl, L, _, tps, cps, _, _ in rows}
     for L in lengths:
-        if ("ours", L) in by and ("peer", L) in by:
-            print(f"L {L}: ours / peer tokens/s = {by[('ours', L)][0] / by[('peer', L)][0]:.1f}x")
+        for peer in PEERS:
+            if ("ours", L) in by and (peer, L) in by:
+                print(f"L {L}: ours / {peer} tokens/s = {by[('ours', L)][0] / by[(peer, L)][0]:.1f}x")
         if ("ours", L) in by and ("causal", L) in by:
             print(f"L {L}: causal / ours per Mamba call = {by[('causal', L)][1] / by[('ours', L)][1]:.2f}x")
     return 0
