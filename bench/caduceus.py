@@ -104,13 +104,13 @@ def slow_mamba(m, x):
 
 
 def split_bimamba_forward(self, u):
-    """BiMamba as the real code runs it: u (rows, L, d); each row (an RC-PS strand of a batch-1
-    input) and each direction is its own slow Mamba call."""
+    """BiMamba as the real code runs it: u (rows, L, d) stacked [forward strand ; RC strand]
+    for PS; each strand (the RCPS wrapper's two calls) and each direction (the BiMamba
+    wrapper's two) is its own slow Mamba call over the batch."""
     import torch
 
     outs = []
-    for r in range(u.shape[0]):
-        x = u[r:r + 1]  # (1, L, d)
+    for x in (u.chunk(2) if self.cfg.rcps else (u,)):  # (batch, L, d) each
         f = slow_mamba(self.fwd, x)
         rv = slow_mamba(self.rev, x.flip(1)).flip(1)
         outs.append(f + rv if self.strategy == "add" else f * rv)

@@ -29,9 +29,10 @@ Masked models (`--masked`; `--masked-only` skips the causal tables):
 * speed: MLM_LLR (`mamba_dna.mlm.mlm_llr`, one masked 512 bp window per distinct position, the
   variant at 255, batched as `score` batches) on the BRCA1 SNVs with a random Caduceus-PS of
   PlantCaduceus_l20's size (d_model 384, 20 layers), beside the SAME windows through the plain
-  sequential-scan peer (bench/caduceus.py's `peer_scan`: the same module with the scan swapped
-  for a PyTorch loop over positions that materialises (batch, d_inner, L, d_state); the
-  reference conv; no tiling), whose MLM_LLR is checked against ours first. Ours runs on
+  sequential-scan peer (bench/caduceus.py's "peer": the real code's structure, one slow-path
+  Mamba call per strand and direction, with a PyTorch loop over positions that materialises
+  (batch, d_inner, L, d_state); padded F.conv1d; no tiling), whose MLM_LLR is checked against
+  ours first. Ours runs on
   `--masked-n` distinct positions (all if 0) and the peer on `--peer-n` (it is slow); both are
   extrapolated linearly to the whole set, and the table says how many were timed. Unmasked LLR
   (`unmasked_llr`: 512 bp tiles every 256 bp holding a variant, every SNV read off them) runs on
@@ -252,21 +253,21 @@ def _ps_l20():
 
 
 class _Peer:
-    """Within the block, Caduceus runs through bench/caduceus.py's plain sequential scan."""
+    """Within the block, Caduceus runs as bench/caduceus.py's peer (the real code's structure)."""
 
     def __enter__(self):
-        from caduceus import peer_scan  # bench/caduceus.py
+        from caduceus import use_peer  # bench/caduceus.py
 
         import mamba_dna.caduceus as cad
 
-        self._cad, self._real = cad, cad.selective_scan_fn
+        self._cad, self._real, self._fwd = cad, cad.selective_scan_fn, cad.BiMamba.forward
         self._env = {k: os.environ.get(k) for k in ("MAMBA_DNA_BACKEND", "MAMBA_DNA_CPU_TILE")}
-        os.environ["MAMBA_DNA_BACKEND"], os.environ["MAMBA_DNA_CPU_TILE"] = "ref", "0"
-        cad.selective_scan_fn = peer_scan
+        use_peer("peer")
         return self
 
     def __exit__(self, *exc):
         self._cad.selective_scan_fn = self._real
+        self._cad.BiMamba.forward = self._fwd
         for k, v in self._env.items():
             if v is None:
                 os.environ.pop(k, None)
