@@ -7,7 +7,7 @@ variant-effect scoring, embedding export and species classification.
 
 import os as _os
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 # torch and the numba CPU scan each run an OpenMP thread pool; with the default (active)
 # wait policy their idle threads spin and starve each other: a tiny training step measured

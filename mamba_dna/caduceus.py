@@ -43,7 +43,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -179,14 +179,30 @@ class BiMamba(nn.Module):
         """u (batch, L, d_model) -> (batch, L, d_model)."""
         if not self.cfg.selective:
             raise ConfigError("BiMamba: the LTI ablation (selective=false) is causal-only")
-        b, L, d = u.shape
+        b, L, _ = u.shape
+        w = self._stacked(b)
+        # Steps in scan time. Step j runs the forward direction over tile j = [t[j], t[j+1])
+        # and the reverse one over tile k-1-j (the tiles are a palindrome: t[k-i] = L - t[i]),
+        # so each step pairs tiles j and k-1-j. Tied weights: in_proj(u) of a tile serves both
+        # directions (computed once, kept from step j to step k-1-j for the pairs nearest the
+        # middle, within a memory budget); tied out_proj with `add`: out = W (y_f + y_r), one
+        # product per tile once both directions' y of it exist.
+        t = _palindromic_tiles(L, _cpu_tile_tokens(b, w.nd * w.di, L, u.device) or max(L, 1))
+        # kept per pair: in_proj of both tiles (2 x b x 2 di per token) and y (b x 2 di per token)
+        keep = _pairs_to_keep(t, b * w.di * (4 + (2 if w.share_out else 0)), w.tied)
+        steps = _Steps(u, t, w, keep)
+        state = (None, None)  # conv and SSM states of both directions, carried across steps
+        for j in range(len(t) - 1):
+            x, z = steps.inputs(j)  # (batch, nd di, T) each, directions stacked on channels
+            y, state = _grouped_ssm(x, z, w, state)  # (batch, nd di, T)
+            steps.outputs(j, y)
+        return steps.result()
+
+    def _stacked(self, b: int) -> _Stacked:
+        """Both directions' weights arranged for one grouped scan over `b` rows."""
         dirs = self._dirs()
         nd = len(dirs)
         m0 = self.fwd
-        di, N, R, K = m0.d_inner, m0.d_state, m0.dt_rank, self.cfg.d_conv
-        tied = nd == 2 and all(getattr(dirs[1].in_proj, a) is getattr(m0.in_proj, a) for a in ("weight", "bias"))
-        tied_out = nd == 2 and all(getattr(dirs[1].out_proj, a) is getattr(m0.out_proj, a) for a in ("weight", "bias"))
-        add = nd == 1 or self.strategy == "add"
         n = b * nd  # bmm batch: (row, direction) pairs
 
         def bw(params: list[torch.Tensor]) -> torch.Tensor:
@@ -198,126 +214,187 @@ class BiMamba(nn.Module):
         def cat(ts):  # per-direction (di, ...) -> (nd * di, ...)
             return ts[0] if len(ts) == 1 else torch.cat(ts)
 
-        # in_proj: tied -> one (2 di, d) matrix for both directions; else (nd, 2 di, d)
-        w_in = m0.in_proj.weight if (tied or nd == 1) else torch.stack([m.in_proj.weight for m in dirs])
-        b_in = [m.in_proj.bias for m in dirs]
-        w_xp = bw([m.x_proj.weight for m in dirs])  # (n, R + 2N, di)
-        w_dt = bw([m.dt_proj.weight for m in dirs])  # (n, di, R)
-        w_out = [m.out_proj.weight.t() for m in dirs]  # per direction (di, d)
-        b_out = [m.out_proj.bias for m in dirs]
-        A = cat([-torch.exp(m.A_log.float()) for m in dirs])  # (nd di, N)
-        Dv = cat([m.D.float() for m in dirs])  # (nd di,)
-        dt_bias = cat([m.dt_proj.bias.float() for m in dirs])  # (nd di,)
-        conv_w = cat([m.conv1d.weight[:, 0, :] for m in dirs])  # (nd di, K)
-        conv_b = cat([m.conv1d.bias for m in dirs]) if m0.conv1d.bias is not None else None
+        def same(attr: str) -> bool:
+            return nd == 2 and all(getattr(getattr(dirs[1], attr), a) is getattr(getattr(m0, attr), a)
+                                   for a in ("weight", "bias"))
 
-        # Steps in scan time. Step j runs the forward direction over tile j = [t[j], t[j+1])
-        # and the reverse one over tile k-1-j (the tiles are a palindrome: t[k-i] = L - t[i]),
-        # so each step pairs tiles j and k-1-j. Tied weights: in_proj(u) of a tile serves both
-        # directions (computed once, kept from step j to step k-1-j for the pairs nearest the
-        # middle, within a memory budget); tied out_proj with `add`: out = W (y_f + y_r), one
-        # product per tile once both directions' y of it exist.
-        t = _palindromic_tiles(L, _cpu_tile_tokens(b, nd * di, L, u.device) or max(L, 1))
-        k = len(t) - 1
-        # kept per pair: in_proj of both tiles (2 x b x 2 di per token) and y (b x 2 di per token)
-        keep = _pairs_to_keep(t, b * di * (4 + (2 if tied_out and add else 0)), tied)
-        kept_p, kept_y = {}, {}  # step j -> (in_proj of tile j, of tile k-1-j); y of step j
-        lean = not torch.is_grad_enabled()
-        if lean:  # both directions accumulate into one buffer (add: from zeros, ew: from ones)
-            acc = (torch.zeros if add else torch.ones)(b, L, d, dtype=u.dtype, device=u.device)
+        tied = same("in_proj")
+        return _Stacked(
+            b=b, nd=nd, di=m0.d_inner, N=m0.d_state, R=m0.dt_rank, K=self.cfg.d_conv,
+            tied=tied, share_out=same("out_proj") and self.strategy == "add",
+            add=nd == 1 or self.strategy == "add",
+            # in_proj: tied -> one (2 di, d) matrix for both directions; else (nd, 2 di, d)
+            w_in=m0.in_proj.weight if (tied or nd == 1) else torch.stack([m.in_proj.weight for m in dirs]),
+            b_in=[m.in_proj.bias for m in dirs],
+            w_xp=bw([m.x_proj.weight for m in dirs]),  # (n, R + 2N, di)
+            w_dt=bw([m.dt_proj.weight for m in dirs]),  # (n, di, R)
+            w_out=[m.out_proj.weight.t() for m in dirs],  # per direction (di, d)
+            b_out=[m.out_proj.bias for m in dirs],
+            A=cat([-torch.exp(m.A_log.float()) for m in dirs]),  # (nd di, N)
+            D=cat([m.D.float() for m in dirs]),  # (nd di,)
+            dt_bias=cat([m.dt_proj.bias.float() for m in dirs]),  # (nd di,)
+            conv_w=cat([m.conv1d.weight[:, 0, :] for m in dirs]),  # (nd di, K)
+            conv_b=cat([m.conv1d.bias for m in dirs]) if m0.conv1d.bias is not None else None,
+        )
+
+
+class _Stacked(NamedTuple):
+    """A BiMamba's weights for one grouped scan: both directions stacked on channels."""
+
+    b: int  # rows of the input
+    nd: int  # directions (1 or 2)
+    di: int
+    N: int
+    R: int
+    K: int
+    tied: bool  # the directions share in_proj
+    share_out: bool  # ... and out_proj, with `add`: out = W (y_f + y_r)
+    add: bool  # combine by add (else ew_multiply)
+    w_in: torch.Tensor
+    b_in: list
+    w_xp: torch.Tensor
+    w_dt: torch.Tensor
+    w_out: list
+    b_out: list
+    A: torch.Tensor
+    D: torch.Tensor
+    dt_bias: torch.Tensor
+    conv_w: torch.Tensor
+    conv_b: torch.Tensor | None
+
+
+def _grouped_ssm(x: torch.Tensor, z: torch.Tensor, w: _Stacked, state):
+    """One step of both directions: conv, x_proj, dt_proj and the grouped scan.
+
+    x, z (b, nd di, T); state (conv (b, nd di, K-1), ssm (b, nd di, N)) or Nones -> y (b, nd di, T), state.
+    """
+    conv_state, ssm_state = state
+    b, T, K, di, N, R = w.b, x.shape[-1], w.K, w.di, w.N, w.R
+    n = b * w.nd
+    if T >= K - 1:
+        new_conv = x[..., T - (K - 1):].clone()  # (b, nd di, K - 1)
+    else:
+        prev = conv_state if conv_state is not None else x.new_zeros(b, w.nd * di, K - 1)
+        new_conv = torch.cat([prev.to(x.dtype), x], dim=-1)[..., T:].clone()
+    xc = causal_conv1d_fn(x, w.conv_w, w.conv_b, initial_state=conv_state, activation="silu")  # (b, nd di, T)
+    x_dbl = torch.bmm(w.w_xp, xc.view(n, di, T))  # (n, R + 2N, T)
+    dt = torch.bmm(w.w_dt, x_dbl[:, :R])  # (n, di, T)
+    Bm = x_dbl[:, R:R + N].view(b, w.nd, N, T)  # (b, groups = nd, N, T) view
+    Cm = x_dbl[:, R + N:].view(b, w.nd, N, T)
+    y, ssm_state = selective_scan_fn(
+        xc, dt.view(b, w.nd * di, T), w.A, Bm, Cm, w.D, z=z, delta_bias=w.dt_bias,
+        delta_softplus=True, return_last_state=True, initial_state=ssm_state,
+    )  # y (b, nd di, T), state (b, nd di, N) fp32
+    return y, (new_conv, ssm_state)
+
+
+class _Steps:
+    """The projections into and out of each step of a BiMamba, and the output they build.
+
+    Step j: the forward direction over tile j, the reverse over tile jr = k-1-j. With tied
+    in_proj a step j < jr in `keep` keeps both tiles' projections for step jr (where the tiles
+    swap roles) and, with a shared out_proj, its y until step jr completes both tiles.
+    """
+
+    def __init__(self, u: torch.Tensor, t: list[int], w: _Stacked, keep: set[int]):
+        self.u, self.t, self.w, self.keep = u, t, w, keep
+        self.k = len(t) - 1
+        self.kept_p: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kept_y: dict[int, torch.Tensor] = {}
+        # without autograd both directions accumulate into one (batch, L, d) buffer, tile by
+        # tile (add: from zeros, ew_multiply: from ones); with it, tiles are joined at the end
+        self.lean = not torch.is_grad_enabled()
+        b, L, d = u.shape
+        if self.lean:
+            self.acc = (torch.zeros if w.add else torch.ones)(b, L, d, dtype=u.dtype, device=u.device)
         else:
-            parts: list[list[torch.Tensor]] = [[] for _ in range(k)]
+            self.parts: list[list[torch.Tensor]] = [[] for _ in range(self.k)]
 
-        def put(tile: int, o: torch.Tensor) -> None:  # o (batch, T, d): one contribution to a tile
-            if lean and add:
-                acc[:, t[tile]:t[tile + 1]] += o
-            elif lean:
-                acc[:, t[tile]:t[tile + 1]] *= o
-            else:
-                parts[tile].append(o)
+    def _proj(self, tiles: list[int]) -> torch.Tensor:
+        """in_proj of u over the given tiles (same length T) -> (len(tiles), b, 2 di, T)."""
+        w, t, u = self.w, self.t, self.u
+        m, b, d = len(tiles), w.b, u.shape[-1]
+        U = torch.stack([u[:, t[i]:t[i + 1]] for i in tiles])  # (m, b, T, d)
+        T = U.shape[2]
+        # bmm reads the transposed views as they are (no copy); its output is contiguous
+        W = (w.w_in.expand(m * b, -1, -1) if w.w_in.dim() == 2
+             else w.w_in[:, None].expand(-1, b, -1, -1).reshape(m * b, 2 * w.di, d))
+        P = torch.bmm(W, U.view(m * b, T, d).transpose(1, 2)).view(m, b, 2 * w.di, T)
+        if w.b_in[0] is not None:
+            P = P + torch.stack(w.b_in[:m])[:, None, :, None].to(P.dtype)
+        return P
 
-        def proj(tiles: list[int]) -> torch.Tensor:
-            """in_proj of u over the given tiles (same length T) -> (len(tiles), b, 2 di, T)."""
-            m = len(tiles)
-            U = torch.stack([u[:, t[i]:t[i + 1]] for i in tiles])  # (m, b, T, d)
-            T = U.shape[2]
-            # bmm reads the transposed views as they are (no copy); its output is contiguous
-            W = (w_in.expand(m * b, -1, -1) if w_in.dim() == 2
-                 else w_in[:, None].expand(-1, b, -1, -1).reshape(m * b, 2 * di, d))
-            P = torch.bmm(W, U.view(m * b, T, d).transpose(1, 2)).view(m, b, 2 * di, T)
-            if b_in[0] is not None:
-                P = P + torch.stack(b_in[:m])[:, None, :, None].to(P.dtype)
-            return P
+    def inputs(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, z of step j: (b, nd di, T) each, the reverse direction's in scan time."""
+        di, jr = self.w.di, self.k - 1 - j
+        if self.w.nd == 1:
+            P = self._proj([j])  # (1, b, 2 di, T)
+            return P[0, :, :di], P[0, :, di:]
+        if jr in self.kept_p:  # second step of a kept pair: the tiles swap roles
+            p1, p0 = self.kept_p.pop(jr)
+        elif self.w.tied and jr == j:  # the middle tile serves both directions
+            p0 = p1 = self._proj([j])[0]
+        else:
+            p0, p1 = self._proj([j, jr]).unbind(0)  # (b, 2 di, T) each: tile j, tile jr
+        if j in self.keep:
+            self.kept_p[j] = (p0, p1)
+        xr = p1.flip(-1)  # (b, 2 di, T): tile jr in scan time
+        x = torch.cat([p0[:, :di], xr[:, :di]], 1)  # (b, 2 di, T) directions on channels
+        z = torch.cat([p0[:, di:], xr[:, di:]], 1)
+        return x, z
 
-        def out(y: torch.Tensor, direction: int) -> torch.Tensor:  # y (..., di, T) -> (..., T, d)
-            lead, T = y.shape[:-2], y.shape[-1]
-            y3 = y.reshape(-1, di, T)  # a view where y is a view of one
-            o = torch.bmm(y3.transpose(1, 2), w_out[direction].to(y.dtype).expand(y3.shape[0], -1, -1))
-            o = o.view(*lead, T, d)
-            return o if b_out[direction] is None else o + b_out[direction]
+    def _out(self, y: torch.Tensor, direction: int) -> torch.Tensor:
+        """out_proj: y (..., di, T) -> (..., T, d)."""
+        w = self.w
+        lead, T = y.shape[:-2], y.shape[-1]
+        y3 = y.reshape(-1, w.di, T)  # a view where y is a view of one
+        o = torch.bmm(y3.transpose(1, 2), w.w_out[direction].to(y.dtype).expand(y3.shape[0], -1, -1))
+        o = o.view(*lead, T, self.u.shape[-1])
+        return o if w.b_out[direction] is None else o + w.b_out[direction]
 
-        conv_state = ssm_state = None
-        for j in range(k):
-            jr = k - 1 - j  # the tile the reverse direction runs over at this step
-            T = t[j + 1] - t[j]
-            if nd == 1:
-                P = proj([j])  # (1, b, 2 di, T)
-                x, z = P[0, :, :di], P[0, :, di:]  # (b, di, T)
-            else:
-                if jr in kept_p:  # second step of a kept pair: the tiles swap roles
-                    p1, p0 = kept_p.pop(jr)
-                elif tied and jr == j:  # the middle tile serves both directions
-                    p0 = p1 = proj([j])[0]
-                else:
-                    p0, p1 = proj([j, jr]).unbind(0)  # (b, 2 di, T) each: tile j, tile jr
-                if j in keep:
-                    kept_p[j] = (p0, p1)
-                xr = p1.flip(-1)  # (b, 2 di, T): tile jr in scan time
-                x = torch.cat([p0[:, :di], xr[:, :di]], 1)  # (b, 2 di, T) directions on channels
-                z = torch.cat([p0[:, di:], xr[:, di:]], 1)
-            if T >= K - 1:
-                new_conv = x[..., T - (K - 1):].clone()  # (b, nd di, K - 1)
-            else:
-                prev = conv_state if conv_state is not None else x.new_zeros(b, nd * di, K - 1)
-                new_conv = torch.cat([prev.to(x.dtype), x], dim=-1)[..., T:].clone()
-            xc = causal_conv1d_fn(x, conv_w, conv_b, initial_state=conv_state, activation="silu")  # (b, nd di, T)
-            x_dbl = torch.bmm(w_xp, xc.view(n, di, T))  # (n, R + 2N, T)
-            dt = torch.bmm(w_dt, x_dbl[:, :R])  # (n, di, T)
-            Bm = x_dbl[:, R:R + N].view(b, nd, N, T)  # (b, groups = nd, N, T) view
-            Cm = x_dbl[:, R + N:].view(b, nd, N, T)
-            y, ssm_state = selective_scan_fn(
-                xc, dt.view(b, nd * di, T), A, Bm, Cm, Dv, z=z, delta_bias=dt_bias,
-                delta_softplus=True, return_last_state=True, initial_state=ssm_state,
-            )  # y (b, nd di, T), state (b, nd di, N) fp32
-            conv_state = new_conv
-            yf = y[:, :di]  # (b, di, T): tile j
-            if nd == 1:
-                put(j, out(yf, 0))
-                continue
-            yr = y[:, di:].flip(-1)  # (b, di, T): tile jr in original order
-            if not (tied_out and add):
-                put(j, out(yf, 0))
-                put(jr, out(yr, 1))
-            elif jr == j:
-                put(j, out(yf + yr, 0) + (0 if b_out[1] is None else b_out[1]))
-            elif j in keep:
-                kept_y[j] = y
-            elif jr in keep:  # the pair's second step: both tiles complete
-                y0 = kept_y.pop(jr)  # step jr: tile jr forward, tile j reverse (scan time)
-                yf0, yr0 = y0[:, :di], y0[:, di:].flip(-1)
-                o = out(torch.stack([yf + yr0, yf0 + yr]), 0)  # (2, b, T, d): tiles j, jr
-                if b_out[1] is not None:
-                    o = o + b_out[1]
-                put(j, o[0])
-                put(jr, o[1])
-            else:
-                o = out(torch.stack([yf, yr]), 0)  # (2, b, T, d) one product: tiles j, jr
-                put(j, o[0])
-                put(jr, o[1])
-        if lean:
-            return acc
-        tiles = [p[0] if len(p) == 1 else (p[0] + p[1] if add else p[0] * p[1]) for p in parts]
-        return torch.cat(tiles, 1) if len(tiles) > 1 else tiles[0]  # (batch, L, d)
+    def _put(self, tile: int, o: torch.Tensor) -> None:
+        """One contribution o (b, T, d) to a tile of the output."""
+        t = self.t
+        if not self.lean:
+            self.parts[tile].append(o)
+        elif self.w.add:
+            self.acc[:, t[tile]:t[tile + 1]] += o
+        else:
+            self.acc[:, t[tile]:t[tile + 1]] *= o
+
+    def outputs(self, j: int, y: torch.Tensor) -> None:
+        """Route step j's y (b, nd di, T) through out_proj into the output."""
+        w, di, jr = self.w, self.w.di, self.k - 1 - j
+        yf = y[:, :di]  # (b, di, T): tile j
+        if w.nd == 1:
+            self._put(j, self._out(yf, 0))
+            return
+        yr = y[:, di:].flip(-1)  # (b, di, T): tile jr in original order
+        bias2 = 0 if w.b_out[1] is None else w.b_out[1]  # the second direction's bias
+        if not w.share_out:
+            self._put(j, self._out(yf, 0))
+            self._put(jr, self._out(yr, 1))
+        elif jr == j:
+            self._put(j, self._out(yf + yr, 0) + bias2)
+        elif j in self.keep:
+            self.kept_y[j] = y
+        elif jr in self.keep:  # the pair's second step: both tiles complete
+            y0 = self.kept_y.pop(jr)  # step jr: tile jr forward, tile j reverse (scan time)
+            o = self._out(torch.stack([yf + y0[:, di:].flip(-1), y0[:, :di] + yr]), 0) + bias2  # (2, b, T, d)
+            self._put(j, o[0])
+            self._put(jr, o[1])
+        else:
+            o = self._out(torch.stack([yf, yr]), 0)  # (2, b, T, d) one product: tiles j, jr
+            self._put(j, o[0])
+            self._put(jr, o[1])
+
+    def result(self) -> torch.Tensor:
+        """(batch, L, d)."""
+        if self.lean:
+            return self.acc
+        add = self.w.add
+        tiles = [p[0] if len(p) == 1 else (p[0] + p[1] if add else p[0] * p[1]) for p in self.parts]
+        return torch.cat(tiles, 1) if len(tiles) > 1 else tiles[0]
 
 
 def _palindromic_tiles(L: int, tile: int) -> list[int]:
