@@ -321,10 +321,17 @@ def test_tokenize_one_record_split_by_record_names_the_file(tmp_path, capsys):
     assert "one.fa: no training windows" in line and "--split-by block" in line
 
 
+def _default_sigint() -> None:
+    # a test run started in the background of a non-interactive shell (`cmd &`, nohup)
+    # inherits SIGINT ignored, and so would the child: give it the default, as in a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _slow_child(script: str, tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, "MAMBA_DNA_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
