@@ -190,12 +190,48 @@ def read_external_vocab(
     d = Path(directory)
     if not d.is_dir():
         raise InputError(f"{d}: no such model directory")
+    source, tokens, lowercase, roles = _vocab_tokens(d)
+    _check_single_nucleotide(tokens, source)
+    lowercase = lowercase or _bases_are_lowercase(tokens)
+    base_ids = _base_ids(tokens, lowercase, source)
+    ids, mask_id, pad_id, unk_id = _ours_to_theirs(tokens, roles, base_ids, lowercase, source)
+
+    model_cfg = _read_json_object(d / MODEL_CONFIG) if (d / MODEL_CONFIG).is_file() else {}
+    n_tokens = max(tokens.values()) + 1
+    if vocab_size is None:
+        vocab_size = model_cfg.get("vocab_size", n_tokens)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < n_tokens:
+        raise InputError(
+            f"{d / MODEL_CONFIG}: vocab_size {vocab_size!r} does not cover the tokenizer's "
+            f"{n_tokens} ids ({source.name})"
+        )
+    if complement_map is None:
+        complement_map = model_cfg.get("complement_map")
+    if complement_map is not None:
+        _check_complement(complement_map, base_ids, d / MODEL_CONFIG, source)
+
+    return ExternalVocab(
+        size=vocab_size,
+        tokens=tokens,
+        ids_for_ours=ids,
+        base_ids=base_ids,
+        mask_id=mask_id,
+        pad_id=pad_id,
+        lowercase=lowercase,
+        unk_id=unk_id,
+        source=str(source),
+    )
+
+
+def _vocab_tokens(d: Path) -> tuple[Path, dict[str, int], bool, dict[str, str]]:
+    """The file the vocabulary comes from, its tokens (name -> id), whether it is lower-case,
+    and the special-token roles the files declare (role -> token name)."""
     tcfg_path = d / TOKENIZER_CONFIG
     tcfg = _read_json_object(tcfg_path) if tcfg_path.is_file() else {}
     smap_path = d / SPECIAL_TOKENS_MAP
     smap = _read_json_object(smap_path) if smap_path.is_file() else {}
-    roles: dict[str, str] = {}  # role -> token name, as the files declare them
-
+    roles: dict[str, str] = {}
+    lowercase = False
     if (d / TOKENIZER_JSON).is_file():
         source = d / TOKENIZER_JSON
         tokens, lowercase, unk_name = _read_tokenizer_json(source)
@@ -204,31 +240,29 @@ def read_external_vocab(
     elif "characters" in tcfg:
         source = tcfg_path
         tokens = _character_tokenizer_vocab(tcfg, tcfg_path)
-        roles.update(CHARACTER_TOKENIZER_ROLES)
-        lowercase = False  # CaduceusTokenizer upper-cases its input; see _base_ids for others
+        roles.update(CHARACTER_TOKENIZER_ROLES)  # CaduceusTokenizer upper-cases its input
     elif (d / VOCAB_JSON).is_file():
         source = d / VOCAB_JSON
         tokens = _token_dict(_read_json_object(source), source, "(top level)")
-        lowercase = False
     elif (d / VOCAB_TXT).is_file():
         source = d / VOCAB_TXT
         tokens = _read_vocab_txt(source)
-        lowercase = False
     else:
         raise InputError(
             f"{d}: no tokenizer files (expected {TOKENIZER_JSON}, or {TOKENIZER_CONFIG} with "
             f"'characters', or {VOCAB_JSON} / {VOCAB_TXT})"
         )
-
     # declared special tokens: tokenizer_config.json beats special_tokens_map.json beats defaults
     for where, cfg in ((smap_path, smap), (tcfg_path, tcfg)):
         for role in _DEFAULT_NAMES:
             if role in cfg and cfg[role] is not None:
                 roles[role] = _token_name(cfg[role], where, role)
+    return source, tokens, lowercase, roles
 
-    _check_single_nucleotide(tokens, source)
-    lowercase = lowercase or _bases_are_lowercase(tokens)
-    base_ids = _base_ids(tokens, lowercase, source)
+
+def _ours_to_theirs(tokens: dict[str, int], roles: dict[str, str], base_ids, lowercase: bool,
+                    source: Path) -> tuple[np.ndarray, int, int, int]:
+    """(ids (9,): the model's id for each of our tokens, -1 for none; mask, pad, unk ids)."""
 
     def role_id(role: str) -> int:
         name = roles.get(role)
@@ -249,43 +283,14 @@ def read_external_vocab(
         )
     pad_id, unk_id = role_id("pad_token"), role_id("unk_token")
     n_name = "n" if lowercase else "N"
-    n_id = tokens.get(n_name, tokens.get(n_name.swapcase(), unk_id))
-
     ids = np.full(VOCAB_SIZE, -1, dtype=np.int64)  # (9,) ours -> theirs
     ids[[tk.A, tk.C, tk.G, tk.T]] = base_ids
-    ids[tk.N] = n_id
+    ids[tk.N] = tokens.get(n_name, tokens.get(n_name.swapcase(), unk_id))
     ids[tk.MASK] = mask_id
     ids[tk.PAD] = pad_id
     ids[tk.BOS] = role_id("bos_token")
     ids[tk.EOS] = role_id("eos_token")
-
-    model_cfg = _read_json_object(d / MODEL_CONFIG) if (d / MODEL_CONFIG).is_file() else {}
-    n_tokens = max(tokens.values()) + 1
-    if vocab_size is None:
-        vocab_size = model_cfg.get("vocab_size", n_tokens)
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < n_tokens:
-        raise InputError(
-            f"{d / MODEL_CONFIG}: vocab_size {vocab_size!r} does not cover the tokenizer's "
-            f"{n_tokens} ids ({source.name})"
-        )
-    size = vocab_size
-
-    if complement_map is None:
-        complement_map = model_cfg.get("complement_map")
-    if complement_map is not None:
-        _check_complement(complement_map, base_ids, d / MODEL_CONFIG, source)
-
-    return ExternalVocab(
-        size=size,
-        tokens=tokens,
-        ids_for_ours=ids,
-        base_ids=base_ids,
-        mask_id=mask_id,
-        pad_id=pad_id,
-        lowercase=lowercase,
-        unk_id=unk_id,
-        source=str(source),
-    )
+    return ids, mask_id, pad_id, unk_id
 
 
 # --- readers ----------------------------------------------------------------------------------
