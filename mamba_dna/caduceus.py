@@ -369,24 +369,21 @@ class _Steps:
         if w.nd == 1:
             self._put(j, self._out(yf, 0))
             return
+        if w.share_out and j in self.keep:  # first step of a kept pair: y waits for step jr
+            self.kept_y[j] = y
+            return
         yr = y[:, di:].flip(-1)  # (b, di, T): tile jr in original order
         bias2 = 0 if w.b_out[1] is None else w.b_out[1]  # the second direction's bias
-        if not w.share_out:
-            self._put(j, self._out(yf, 0))
-            self._put(jr, self._out(yr, 1))
-        elif jr == j:
+        if w.share_out and jr == j:
             self._put(j, self._out(yf + yr, 0) + bias2)
-        elif j in self.keep:
-            self.kept_y[j] = y
-        elif jr in self.keep:  # the pair's second step: both tiles complete
+        elif w.share_out and jr in self.keep:  # the pair's second step: both tiles complete
             y0 = self.kept_y.pop(jr)  # step jr: tile jr forward, tile j reverse (scan time)
             o = self._out(torch.stack([yf + y0[:, di:].flip(-1), y0[:, :di] + yr]), 0) + bias2  # (2, b, T, d)
             self._put(j, o[0])
             self._put(jr, o[1])
-        else:
-            o = self._out(torch.stack([yf, yr]), 0)  # (2, b, T, d) one product: tiles j, jr
-            self._put(j, o[0])
-            self._put(jr, o[1])
+        else:  # one product per direction
+            self._put(j, self._out(yf, 0))
+            self._put(jr, self._out(yr, 1))
 
     def result(self) -> torch.Tensor:
         """(batch, L, d)."""
