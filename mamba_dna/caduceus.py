@@ -407,12 +407,12 @@ def _palindromic_tiles(L: int, tile: int) -> list[int]:
 def _pairs_to_keep(t: list[int], floats_per_token: int, tied: bool) -> set[int]:
     """Steps j < k-1-j whose in_proj (and y) are kept for step k-1-j: the pairs nearest the
     middle first (they are held the shortest), within the MAMBA_DNA_BIDIR_CACHE_MB budget."""
+    env = os.environ.get("MAMBA_DNA_BIDIR_CACHE_MB", "").strip()  # checked on every call, tiled or not
+    if env and not env.isdigit():
+        raise ConfigError(f"MAMBA_DNA_BIDIR_CACHE_MB={env!r}: expected a number of MiB (0 = keep nothing)")
     k = len(t) - 1
     if not tied or k < 2:
         return set()
-    env = os.environ.get("MAMBA_DNA_BIDIR_CACHE_MB", "").strip()
-    if env and not env.isdigit():
-        raise ConfigError(f"MAMBA_DNA_BIDIR_CACHE_MB={env!r}: expected a number of MiB (0 = keep nothing)")
     budget = (int(env) if env else BIDIR_CACHE_MB) * 2**20 // 4  # float32 values
     keep, used = set(), 0
     for j in reversed(range(k // 2)):  # the steps j < k-1-j, nearest the middle first

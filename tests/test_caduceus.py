@@ -405,6 +405,8 @@ def test_bidir_cache_budget_errors(monkeypatch):
     monkeypatch.setenv("MAMBA_DNA_BIDIR_CACHE_MB", "lots")
     with pytest.raises(ConfigError, match="MAMBA_DNA_BIDIR_CACHE_MB"):
         _pairs_to_keep([0, 10, 20, 30], 4, True)
+    with pytest.raises(ConfigError, match="MAMBA_DNA_BIDIR_CACHE_MB"):  # one tile: still said
+        _pairs_to_keep([0, 10], 4, True)
     monkeypatch.setenv("MAMBA_DNA_BIDIR_CACHE_MB", "1")
     t = _palindromic_tiles(7000, 1024)  # 7 tiles: pairs (0, 6), (1, 5), (2, 4)
     assert _pairs_to_keep(t, 96, True) == {1, 2}  # ~0.38 MiB a pair: the two inner ones fit
